@@ -1,0 +1,134 @@
+"""Settings: the one table of defaults and how it is overridden.
+
+Precedence is CLI > environment (``VIDX_<NAME>``) > config file (TOML, from
+``--config``, ``VIDX_CONFIG`` or ``$XDG_CONFIG_HOME/vidx/config.toml``) > the
+defaults in ``DEFAULTS``. Every tunable of vidx lives in this one table so the
+README, ``vidx config`` and the code cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def default_index_dir() -> str:
+    """The XDG data dir: ``$XDG_DATA_HOME/vidx/index`` (``~/.local/share/vidx/index``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return os.path.join(base, "vidx", "index")
+
+
+def default_config_path() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
+    return os.path.join(base, "vidx", "config.toml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of vidx with its default. Field docs are shown by ``vidx config``."""
+
+    db: str = ""  # index directory; "" means default_index_dir()
+    model: str = "ViT-B-32"
+    # open_clip pretrained tag, a checkpoint file, a directory, or "random" (benchmarks only)
+    pretrained: str = "laion2b_s34b_b79k"
+    clip_s: float = 5.0  # target clip length; see README "Clips"
+    min_clip_s: float = 1.0  # a shorter tail joins the previous clip
+    snippets: int = 3  # TSN segments per clip (K)
+    sampling: str = "exact"  # "exact" centre frame, or "keyframe" (nearest keyframe, cheaper)
+    batch_size: int = 32  # frames per model forward pass
+    decode_timeout_s: float = 120.0  # per file, plus one second per second of video
+    embed_workers: int = 1  # model actors; each loads the model once
+    decode_workers: int = 0  # concurrent decode tasks; 0 = one per CPU not used by the model
+    torch_threads: int = 0  # per model actor; 0 = the CPUs Ray gives it
+    include_hidden: bool = False
+    commit_every_s: float = 2.0  # DuckDB transaction cadence while indexing
+    faiss_flush_s: float = 60.0  # FAISS file rewrite cadence (DuckDB is the truth)
+    ray_address: str = ""  # "" starts Ray embedded; "auto" or host:port joins a cluster
+    device: str = "auto"  # "auto" uses a GPU in the model actor when Ray sees one
+
+    @property
+    def index_dir(self) -> str:
+        return os.path.abspath(os.path.expanduser(self.db or default_index_dir()))
+
+
+DEFAULTS = Settings()
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names where it came from."""
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = type(getattr(DEFAULTS, name))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: setting '{name}' must be {kind.__name__}, got {value!r}") from None
+
+
+def _validate(settings: Settings) -> Settings:
+    if settings.clip_s <= 0 or settings.min_clip_s < 0 or settings.min_clip_s > settings.clip_s:
+        raise ConfigError("clip_s must be > 0 and 0 <= min_clip_s <= clip_s")
+    if settings.snippets < 1:
+        raise ConfigError("snippets must be >= 1")
+    if settings.sampling not in ("exact", "keyframe"):
+        raise ConfigError(f"sampling must be 'exact' or 'keyframe', got {settings.sampling!r}")
+    if settings.batch_size < 1 or settings.embed_workers < 1:
+        raise ConfigError("batch_size and embed_workers must be >= 1")
+    return settings
+
+
+def load_settings(cli: Mapping[str, Any] | None = None, config_path: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings with precedence CLI > env > config file > defaults.
+
+    ``cli`` holds only options the user actually gave (None values are ignored).
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    path = config_path or environ.get("VIDX_CONFIG") or default_config_path()
+    explicit = bool(config_path or environ.get("VIDX_CONFIG"))
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        data = data.get("vidx", data)  # allow a [vidx] table or top-level keys
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in _FIELD_TYPES:
+                raise ConfigError(f"config file {path}: unknown setting '{key}' "
+                                  f"(known: {', '.join(sorted(_FIELD_TYPES))})")
+            values[key] = _coerce(key, value, f"config file {path}")
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist")
+
+    for name in _FIELD_TYPES:
+        env_key = f"VIDX_{name.upper()}"
+        if env_key in environ:
+            values[name] = _coerce(name, environ[env_key], f"environment {env_key}")
+
+    for name, value in (cli or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELD_TYPES:
+            raise ConfigError(f"unknown setting '{name}'")
+        values[name] = _coerce(name, value, f"option --{name.replace('_', '-')}")
+
+    return _validate(dataclasses.replace(DEFAULTS, **values))

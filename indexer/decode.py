@@ -1,0 +1,181 @@
+"""Decoding snippet frames straight to model resolution, bounded in time.
+
+One pass over the video stream with libav (PyAV). Every decoded frame's
+presentation time is known exactly, so each TSN target time gets the nearest
+real frame (exact mode), or the nearest keyframe when only keyframes are
+decoded (keyframe mode, several times cheaper on long GOPs). Only chosen
+frames are converted: scaled with the sample aspect ratio applied so the
+shorter display side equals the model's input size, then rotated upright per
+the display matrix. Cropping and normalisation stay with the model's own
+preprocessing (open_clip transforms).
+
+Damaged streams are decoded as far as they go: packets the decoder rejects are
+skipped, and clips past the last decodable frame are dropped with a note.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from indexer.clips import snippet_times
+from indexer.probe import ProbeFailure, open_container
+from indexer.types import ClipSpan, VideoProbe, VideoStatus
+
+# Give up on a stream after this many consecutive packets the decoder rejects.
+_MAX_CONSECUTIVE_ERRORS = 50
+
+
+class DecodeTimeout(Exception):
+    """Decoding a file took longer than its time bound."""
+
+
+@dataclass(frozen=True)
+class SnippetChunk:
+    """Consecutive clips of one video with their K snippet frames each.
+
+    ``frames`` has shape (len(spans) * K, H, W, 3), uint8 RGB, in clip order.
+    """
+
+    spans: tuple[ClipSpan, ...]
+    times_s: tuple[tuple[float, ...], ...]
+    frames: np.ndarray
+
+
+@dataclass
+class DecodeStats:
+    frames_decoded: int = 0
+    frames_converted: int = 0
+    packet_errors: int = 0
+    last_frame_s: float = -1.0
+    stopped_early: str | None = None
+
+
+def target_size(probe: VideoProbe, short_side: int) -> tuple[int, int]:
+    """Stored (pre-rotation) width and height whose display's shorter side is ``short_side``."""
+    disp_w, disp_h = probe.display_width, probe.display_height
+    scale = short_side / min(disp_w, disp_h)
+    out_w, out_h = max(1, round(disp_w * scale)), max(1, round(disp_h * scale))
+    if probe.rotation_deg % 180:
+        out_w, out_h = out_h, out_w  # the stored picture is rotated relative to the display
+    # Even sizes keep swscale on its fast paths; the model crop removes the extra pixel.
+    return out_w + (out_w % 2), out_h + (out_h % 2)
+
+
+def _convert(frame: av.VideoFrame, size: tuple[int, int], rotation_deg: int) -> np.ndarray:
+    rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BICUBIC")
+    if rotation_deg:
+        # ffmpeg's display rotation is counter-clockwise; np.rot90 turns counter-clockwise too.
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation_deg // 90))
+    return rgb
+
+
+def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...], k: int,
+                        short_side: int, sampling: str = "exact", timeout_s: float = 120.0,
+                        chunk_frames: int = 48, decode_threads: int = 1,
+                        stats: DecodeStats | None = None) -> Iterator[SnippetChunk]:
+    """Yield chunks of clips with their snippet frames, decoding the file once.
+
+    Raises DecodeTimeout when the time bound passes, ProbeFailure when not a
+    single frame decodes.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    deadline = time.monotonic() + timeout_s
+    size = target_size(probe, short_side)
+    clip_times = [snippet_times(span, k) for span in spans]
+    targets = sorted({t for times in clip_times for t in times})
+    chosen: dict[float, np.ndarray] = {}
+    clips_per_chunk = max(1, chunk_frames // k)
+    next_clip = 0
+
+    def ready_chunks(final: bool) -> Iterator[SnippetChunk]:
+        nonlocal next_clip
+        while next_clip < len(spans):
+            end = min(next_clip + clips_per_chunk, len(spans))
+            if not final and not all(t in chosen for times in clip_times[next_clip:end] for t in times):
+                return
+            if final:
+                # Keep only clips whose every snippet has a frame (damaged tails are dropped).
+                end = next_clip
+                while end < len(spans) and end - next_clip < clips_per_chunk and \
+                        all(t in chosen for t in clip_times[end]):
+                    end += 1
+                if end == next_clip:
+                    return
+            frames = np.stack([chosen[t] for times in clip_times[next_clip:end] for t in times])
+            yield SnippetChunk(spans=spans[next_clip:end], times_s=tuple(clip_times[next_clip:end]),
+                               frames=frames)
+            for times in clip_times[next_clip:end]:
+                for t in times:
+                    chosen.pop(t, None)
+            next_clip = end
+
+    last_pick: list = [None, None]  # (time, rgb) of the last converted frame
+
+    def pick(item: tuple[float, av.VideoFrame]) -> np.ndarray:
+        # Low frame-rate videos map neighbouring targets to the same frame: convert it once.
+        if last_pick[0] != item[0]:
+            last_pick[0], last_pick[1] = item[0], _convert(item[1], size, probe.rotation_deg)
+            stats.frames_converted += 1
+        return last_pick[1]
+
+    container = open_container(path)
+    try:
+        stream = next(s for s in container.streams.video if s.index == probe.video_stream_index)
+        stream.thread_type = "AUTO" if decode_threads > 1 else "SLICE"
+        stream.codec_context.thread_count = decode_threads
+        if sampling == "keyframe":
+            stream.codec_context.skip_frame = "NONKEY"
+        t0 = probe.start_time_s
+        prev: tuple[float, av.VideoFrame] | None = None
+        ti = 0  # next target index
+        consecutive_errors = 0
+        # The last frame lasts until the end of the video; frames that late still serve targets.
+        for packet in container.demux(stream):
+            if time.monotonic() > deadline:
+                raise DecodeTimeout(f"decoding did not finish within {timeout_s:.0f} s")
+            try:
+                frames = packet.decode()
+                consecutive_errors = 0
+            except av.error.FFmpegError:
+                stats.packet_errors += 1
+                consecutive_errors += 1
+                if consecutive_errors >= _MAX_CONSECUTIVE_ERRORS:
+                    stats.stopped_early = "too many undecodable packets in a row"
+                    break
+                continue
+            for frame in frames:
+                if frame.pts is None or frame.time is None:
+                    t = (stats.frames_decoded / probe.avg_fps) if probe.avg_fps else 0.0
+                else:
+                    t = frame.time - t0
+                stats.frames_decoded += 1
+                stats.last_frame_s = max(stats.last_frame_s, t)
+                # Assign every target that lies before this frame to the nearer of prev and this.
+                while ti < len(targets) and targets[ti] <= t:
+                    target = targets[ti]
+                    if prev is not None and (target - prev[0]) < (t - target):
+                        chosen[target] = pick(prev)
+                    else:
+                        chosen[target] = pick((t, frame))
+                    ti += 1
+                prev = (t, frame)
+                yield from ready_chunks(final=False)
+        if prev is None:
+            raise ProbeFailure(VideoStatus.FAILED, "no frame could be decoded; the video stream is damaged")
+        # The last frame stays on screen until the end; it serves targets after it unless the
+        # stream broke off early (then those clips are not in the file as far as we can read).
+        if sampling == "keyframe":
+            tolerance_s = float("inf")
+        else:
+            tolerance_s = max(2.0 / probe.avg_fps if probe.avg_fps else 0.0, 1.0)
+        for target in targets[ti:]:
+            if target - prev[0] <= tolerance_s:
+                chosen[target] = pick(prev)
+        yield from ready_chunks(final=True)
+    finally:
+        container.close()

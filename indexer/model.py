@@ -1,0 +1,249 @@
+"""open_clip models: finding weights, loading once, embedding images and text.
+
+Weights come from (in this order of checking):
+  * ``random``: seeded random weights, for benchmarks and smoke tests only (loud warning);
+  * a checkpoint file, or a directory holding one (``open_clip_config.json`` + weights,
+    as published on model hubs, or a lone ``*.safetensors``/``*.bin``/``*.pt``);
+  * an open_clip pretrained tag (e.g. ``laion2b_s34b_b79k``): the local cache first, then a
+    download on first use. When the hub cannot be reached we stop within seconds with a
+    message that says how to supply weights, before any work is done.
+
+Preprocessing travels with the weights: the image transform is open_clip's own
+for that model. Every vector stored records ``ModelInfo.model_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_CONFIG_DIR = Path(__file__).with_name("model_configs")
+RANDOM = "random"
+_RANDOM_SEED = 0
+_HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class ModelUnavailable(RuntimeError):
+    """Weights cannot be found or loaded; the message says how to supply them."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load; resolved by ``resolve_model`` into a ModelSpec with a local ``weights``."""
+
+    name: str
+    pretrained: str
+    weights: str = ""  # resolved local file or directory ("" for random)
+    model_id: str = ""  # stable identity recorded with every vector
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained == RANDOM
+
+
+def _register_vidx_configs() -> None:
+    import open_clip
+
+    if "vidx-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def _file_digest(path: str) -> str:
+    """Identity of a checkpoint file: size plus a hash of its head and tail (files are large)."""
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(1 << 20))
+        if size > (2 << 20):
+            fh.seek(size - (1 << 20))
+            digest.update(fh.read())
+    return digest.hexdigest()
+
+
+def _find_checkpoint(folder: Path) -> Path | None:
+    found = sorted(p for ext in ("*.safetensors", "*.bin", "*.pt", "*.pth") for p in folder.glob(ext))
+    preferred = [p for p in found if p.name in _HF_FILENAMES]
+    return (preferred or found or [None])[0]
+
+
+def _how_to_supply(name: str, pretrained: str) -> str:
+    return (
+        f"How to supply weights for {name}:\n"
+        f"  * on a machine with internet, run vidx once (weights are cached under ~/.cache/huggingface),\n"
+        f"    then copy that cache (or set HF_HOME to a shared copy) on offline machines;\n"
+        f"  * or download the checkpoint (open_clip_pytorch_model.bin / open_clip_model.safetensors)\n"
+        f"    and pass --pretrained /path/to/file-or-folder (config key 'pretrained', env VIDX_PRETRAINED);\n"
+        f"  * for a smoke test or benchmark only: --pretrained random (search results will be meaningless)."
+    )
+
+
+def _hub_reachable(url: str, timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_or_download(name: str, tag: str) -> str:
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    cfg = oc_pretrained.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = oc_pretrained.list_pretrained_tags_by_model(name)
+        if not tags and name not in open_clip.list_models():
+            raise ModelUnavailable(f"unknown model '{name}'; see open_clip.list_models() for names")
+        raise ModelUnavailable(
+            f"'{tag}' is not a pretrained tag of {name} nor an existing file or folder; "
+            f"known tags: {', '.join(tags) or 'none'}")
+    hf_hub = cfg.get("hf_hub", "")
+    if hf_hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf_hub.rstrip("/")) if not hf_hub.endswith("/") else (hf_hub.rstrip("/"), "")
+        for candidate in ([filename] if filename else list(_HF_FILENAMES)):
+            hit = try_to_load_from_cache(repo_id=repo_id, filename=candidate)
+            if isinstance(hit, str) and os.path.exists(hit):
+                return hit
+    url = cfg.get("url", "")
+    if url:
+        cached = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(urlparse(url).path))
+        if os.path.exists(cached):
+            return cached
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hf_hub else url
+    if not _hub_reachable(endpoint):
+        raise ModelUnavailable(
+            f"weights for {name} ({tag}) are not in the local cache and {urlparse(endpoint).hostname} "
+            f"cannot be reached (offline?).\n" + _how_to_supply(name, tag))
+    log.info("downloading %s (%s) weights; this happens once", name, tag)
+    try:
+        path = oc_pretrained.download_pretrained(cfg)
+    except Exception as exc:  # network errors come in many types from several libraries
+        raise ModelUnavailable(f"downloading weights for {name} ({tag}) failed: {exc}\n"
+                               + _how_to_supply(name, tag)) from None
+    if not path:
+        raise ModelUnavailable(f"no download source for {name} ({tag}).\n" + _how_to_supply(name, tag))
+    return path
+
+
+def resolve_model(name: str, pretrained: str) -> ModelSpec:
+    """Find the weights for (name, pretrained) locally, downloading if needed; fail fast."""
+    _register_vidx_configs()
+    import open_clip
+
+    if pretrained == RANDOM:
+        if name not in open_clip.list_models():
+            raise ModelUnavailable(f"unknown model '{name}'; see open_clip.list_models() for names")
+        return ModelSpec(name, pretrained, "", f"{name}|random:{_RANDOM_SEED}")
+    path = Path(os.path.expanduser(pretrained))
+    if path.is_dir():
+        if (path / "open_clip_config.json").exists():
+            ckpt = _find_checkpoint(path)
+            if ckpt is None:
+                raise ModelUnavailable(f"{path} has open_clip_config.json but no weights file")
+            return ModelSpec(name, pretrained, str(path.resolve()), f"local-dir|{_file_digest(str(ckpt))}")
+        ckpt = _find_checkpoint(path)
+        if ckpt is None:
+            raise ModelUnavailable(f"no checkpoint (*.safetensors, *.bin, *.pt) in folder {path}.\n"
+                                   + _how_to_supply(name, pretrained))
+        path = ckpt
+    if path.is_file():
+        return ModelSpec(name, pretrained, str(path.resolve()), f"{name}|file:{_file_digest(str(path))}")
+    if os.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors")):
+        raise ModelUnavailable(f"weights file {pretrained} does not exist.\n" + _how_to_supply(name, pretrained))
+    weights = _cached_or_download(name, pretrained)
+    return ModelSpec(name, pretrained, weights, f"{name}|{pretrained}")
+
+
+def warn_if_random(spec: ModelSpec) -> None:
+    if spec.is_random:
+        log.warning("%s has RANDOM weights (--pretrained random): vectors carry no meaning and search "
+                    "results will be meaningless. Use only for benchmarks and smoke tests.", spec.name)
+
+
+class LoadedModel:
+    """An open_clip model in eval mode with its own preprocessing, loaded once per worker."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: int = 0):
+        import open_clip
+        import torch
+
+        _register_vidx_configs()
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.spec = spec
+        self.device = device
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if spec.is_random:
+                torch.manual_seed(_RANDOM_SEED)  # the same "random" model in every worker and run
+                model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=None)
+            elif os.path.isdir(spec.weights):
+                model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{spec.weights}")
+            else:
+                try:
+                    model, _, preprocess = open_clip.create_model_and_transforms(
+                        spec.name, pretrained=spec.weights)
+                except (RuntimeError, KeyError, ValueError, OSError) as exc:
+                    raise ModelUnavailable(
+                        f"cannot load {spec.weights} as {spec.name} weights: {str(exc).splitlines()[0]}\n"
+                        f"Check that --model matches the checkpoint's architecture.") from None
+            tokenizer_name = f"local-dir:{spec.weights}" if os.path.isdir(spec.weights) else spec.name
+            self.tokenizer = open_clip.get_tokenizer(tokenizer_name)
+        self.model = model.to(device).eval()
+        self.preprocess = preprocess
+        size = getattr(model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+            else int(self.encode_text(["a"]).shape[1])
+        self.logit_scale = float(model.logit_scale.exp().item())
+
+    def preprocess_frames(self, frames: np.ndarray):
+        """uint8 RGB frames (N, H, W, 3) -> the model's input tensor, via open_clip's transform."""
+        import torch
+        from PIL import Image
+
+        return torch.stack([self.preprocess(Image.fromarray(f)) for f in frames])
+
+    def encode_frames(self, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """L2-normalised image embeddings (N, dim) float32."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(frames), batch_size):
+                x = self.preprocess_frames(frames[i:i + batch_size]).to(self.device)
+                feats = self.model.encode_image(x).float()
+                out.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            feats = self.model.encode_text(tokens).float()
+            return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+
+
+def consensus(vectors: np.ndarray) -> np.ndarray:
+    """TSN consensus of L2-normalised snippet vectors: their mean, re-normalised."""
+    mean = vectors.astype(np.float32).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else mean

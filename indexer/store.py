@@ -1,0 +1,483 @@
+"""The index directory: DuckDB (source of truth), the FAISS file, and the writer lock.
+
+Layout of ``<index_dir>``:
+  * ``vidx.duckdb``      videos, clips, vectors (with the model that made them), runs;
+  * ``clips.faiss``      FAISS index of clip vectors, id = ``clips.clip_id`` (derived);
+  * ``clips.faiss.json`` model and id checksum of the FAISS file;
+  * ``writer.lock``      held (flock) by the one process writing this index.
+
+All writes of a batch happen in one DuckDB transaction. Clip ids come from a
+sequence and are never reused, so a FAISS id always means the same vector.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from indexer import vectors as vec
+from indexer.types import VideoFile, VideoResult, VideoStatus
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_FILE = "vidx.duckdb"
+LOCK_FILE = "writer.lock"
+
+_SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS video_ids START 1;
+CREATE SEQUENCE IF NOT EXISTS clip_ids START 1;
+CREATE SEQUENCE IF NOT EXISTS run_ids START 1;
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS models (
+    model_id VARCHAR PRIMARY KEY, name VARCHAR, pretrained VARCHAR, dim INTEGER,
+    image_size INTEGER, logit_scale DOUBLE, first_used_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS videos (
+    video_id BIGINT, path VARCHAR, fingerprint VARCHAR, size_bytes BIGINT, mtime_ns BIGINT,
+    status VARCHAR, error VARCHAR, notes VARCHAR,
+    container VARCHAR, codec VARCHAR, duration_s DOUBLE, duration_source VARCHAR,
+    start_time_s DOUBLE, avg_fps DOUBLE, base_fps DOUBLE, variable_frame_rate BOOLEAN,
+    n_frames BIGINT, width INTEGER, height INTEGER, display_width INTEGER, display_height INTEGER,
+    rotation_deg INTEGER, sample_aspect_ratio DOUBLE, has_audio BOOLEAN,
+    model_id VARCHAR, clip_s DOUBLE, snippets INTEGER, sampling VARCHAR,
+    frames_embedded INTEGER, decode_s DOUBLE, worker VARCHAR,
+    run_id BIGINT, first_seen_at TIMESTAMP, indexed_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS clips (
+    clip_id BIGINT, video_id BIGINT, idx INTEGER, start_s DOUBLE, end_s DOUBLE,
+    snippet_times_s DOUBLE[]);
+CREATE TABLE IF NOT EXISTS clip_vectors (clip_id BIGINT, model_id VARCHAR, vector FLOAT[]);
+CREATE TABLE IF NOT EXISTS video_vectors (video_id BIGINT, model_id VARCHAR, vector FLOAT[]);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id BIGINT, kind VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
+    host VARCHAR, pid INTEGER, args VARCHAR, stats VARCHAR);
+"""
+
+_PROBE_COLUMNS = ("container", "codec", "duration_s", "duration_source", "start_time_s", "avg_fps",
+                  "base_fps", "variable_frame_rate", "n_frames", "width", "height", "display_width",
+                  "display_height", "rotation_deg", "sample_aspect_ratio", "has_audio")
+
+
+class IndexError_(RuntimeError):
+    """Base of errors about the index directory; messages name the directory and the fix."""
+
+
+class IndexLocked(IndexError_):
+    pass
+
+
+class IndexMissing(IndexError_):
+    pass
+
+
+class ModelMismatch(IndexError_):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    video_id: int
+    path: str
+    fingerprint: str
+    size_bytes: int
+    mtime_ns: int
+    status: str
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How clips were made; recorded per video so a settings change can be detected."""
+
+    model_id: str
+    clip_s: float
+    snippets: int
+    sampling: str
+
+
+class WriterLock:
+    """An exclusive flock on ``writer.lock``; the file names the holder for the error message."""
+
+    def __init__(self, index_dir: str):
+        self.path = os.path.join(index_dir, LOCK_FILE)
+        self._fh = None
+
+    def acquire(self) -> None:
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise IndexLocked(
+                f"index {os.path.dirname(self.path)} is being written by {holder}; wait for it to "
+                f"finish (or stop it), or use another index with --db") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"vidx pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class IndexStore:
+    """Read/write access to one index directory. Use as a context manager.
+
+    ``read_only=True`` opens an existing index for queries and takes no lock.
+    """
+
+    def __init__(self, index_dir: str, read_only: bool = False):
+        self.index_dir = os.path.abspath(index_dir)
+        self.read_only = read_only
+        self.db_path = os.path.join(self.index_dir, DB_FILE)
+        self._lock = None if read_only else WriterLock(self.index_dir)
+        self.con: duckdb.DuckDBPyConnection | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def open(self) -> "IndexStore":
+        if self.read_only:
+            if not os.path.exists(self.db_path):
+                raise IndexMissing(f"no index at {self.index_dir}; build one with 'vidx index FOLDER' "
+                                   f"(or point --db / VIDX_DB at an existing index)")
+            try:
+                self.con = duckdb.connect(self.db_path, read_only=True)
+            except duckdb.IOException as exc:
+                if "lock" in str(exc).lower():
+                    raise IndexLocked(f"index {self.index_dir} is being written by 'vidx index' right now; "
+                                      f"query it when that run finishes") from None
+                raise
+            self._check_version()
+            return self
+        os.makedirs(self.index_dir, exist_ok=True)
+        self._lock.acquire()
+        try:
+            self.con = duckdb.connect(self.db_path)
+            self.con.execute(_SCHEMA)
+            self._init_version()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> "IndexStore":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _init_version(self) -> None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        else:
+            self._check_version()
+
+    def _check_version(self) -> None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise IndexError_(f"index {self.index_dir} has schema {version}, newer than this vidx "
+                              f"understands ({SCHEMA_VERSION}); upgrade vidx")
+
+    # -- model ---------------------------------------------------------------------
+    def index_model(self) -> str | None:
+        """The model whose vectors this index holds (None when it holds none)."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+        return row[0] if row else None
+
+    def check_model(self, model_id: str) -> None:
+        current = self.index_model()
+        if current is not None and current != model_id:
+            raise ModelMismatch(
+                f"index {self.index_dir} holds vectors from model '{current}' but this run uses "
+                f"'{model_id}'; vectors of different models cannot be mixed. Use the same "
+                f"--model/--pretrained, another index (--db), or rebuild with 'vidx index --reset'.")
+
+    def register_model(self, model_id: str, name: str, pretrained: str, dim: int, image_size: int,
+                       logit_scale: float) -> None:
+        self.check_model(model_id)
+        with self.transaction():
+            if self.index_model() is None:
+                self.con.execute("INSERT INTO meta VALUES ('model_id', ?)", [model_id])
+            if not self.con.execute("SELECT 1 FROM models WHERE model_id = ?", [model_id]).fetchone():
+                self.con.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, now())",
+                                 [model_id, name, pretrained, dim, image_size, logit_scale])
+
+    def reset(self) -> None:
+        """Drop every video, clip and vector (the model can then change)."""
+        with self.transaction():
+            for table in ("clip_vectors", "video_vectors", "clips", "videos", "models"):
+                self.con.execute(f"DELETE FROM {table}")
+            self.con.execute("DELETE FROM meta WHERE key = 'model_id'")
+        for name in (vec.INDEX_FILE, vec.META_FILE):
+            try:
+                os.remove(os.path.join(self.index_dir, name))
+            except FileNotFoundError:
+                pass
+
+    # -- transactions ----------------------------------------------------------------
+    class _Txn:
+        def __init__(self, con: duckdb.DuckDBPyConnection):
+            self.con = con
+
+        def __enter__(self):
+            self.con.execute("BEGIN TRANSACTION")
+
+        def __exit__(self, exc_type, *rest):
+            self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def transaction(self) -> "_Txn":
+        return self._Txn(self.con)
+
+    # -- videos ----------------------------------------------------------------------
+    def stored_videos(self) -> list[StoredVideo]:
+        rows = self.con.execute(
+            "SELECT video_id, path, fingerprint, size_bytes, mtime_ns, status FROM videos").fetchall()
+        return [StoredVideo(*r) for r in rows]
+
+    def video_params(self) -> dict[int, IndexParams]:
+        rows = self.con.execute(
+            "SELECT video_id, model_id, clip_s, snippets, sampling FROM videos WHERE status = 'indexed'").fetchall()
+        return {r[0]: IndexParams(r[1], r[2], r[3], r[4]) for r in rows}
+
+    def update_location(self, updates: Sequence[tuple[int, VideoFile]]) -> None:
+        """Renames, moves and touches: new path/size/mtime for unchanged content."""
+        if not updates:
+            return
+        with self.transaction():
+            self.con.executemany(
+                "UPDATE videos SET path = ?, size_bytes = ?, mtime_ns = ? WHERE video_id = ?",
+                [(f.path, f.size_bytes, f.mtime_ns, vid) for vid, f in updates])
+
+    def copy_video(self, source_id: int, file: VideoFile) -> list[int]:
+        """Index a byte-identical copy by cloning the source's clips and vectors (no decoding)."""
+        with self.transaction():
+            new_id = self.con.execute("SELECT nextval('video_ids')").fetchone()[0]
+            cols = ", ".join(c for c in self._video_columns() if c not in ("video_id", "path", "size_bytes",
+                                                                           "mtime_ns", "first_seen_at"))
+            self.con.execute(
+                f"INSERT INTO videos (video_id, path, size_bytes, mtime_ns, first_seen_at, {cols}) "
+                f"SELECT ?, ?, ?, ?, now(), {cols} FROM videos WHERE video_id = ?",
+                [new_id, file.path, file.size_bytes, file.mtime_ns, source_id])
+            self.con.execute("CREATE TEMP TABLE clip_map AS SELECT clip_id AS old_id, nextval('clip_ids') AS new_id "
+                             "FROM clips WHERE video_id = ?", [source_id])
+            self.con.execute("INSERT INTO clips SELECT m.new_id, ?, c.idx, c.start_s, c.end_s, c.snippet_times_s "
+                             "FROM clips c JOIN clip_map m ON c.clip_id = m.old_id", [new_id])
+            self.con.execute("INSERT INTO clip_vectors SELECT m.new_id, v.model_id, v.vector "
+                             "FROM clip_vectors v JOIN clip_map m ON v.clip_id = m.old_id")
+            self.con.execute("INSERT INTO video_vectors SELECT ?, model_id, vector FROM video_vectors "
+                             "WHERE video_id = ?", [new_id, source_id])
+            ids = [r[0] for r in self.con.execute("SELECT new_id FROM clip_map ORDER BY new_id").fetchall()]
+            self.con.execute("DROP TABLE clip_map")
+        return ids
+
+    def _video_columns(self) -> list[str]:
+        return [r[0] for r in self.con.execute("DESCRIBE videos").fetchall()]
+
+    def delete_videos(self, video_ids: Iterable[int]) -> list[int]:
+        """Remove videos with their clips and vectors; returns the removed clip ids."""
+        ids = list(video_ids)
+        if not ids:
+            return []
+        with self.transaction():
+            removed = self._delete_in_txn(ids)
+        return removed
+
+    def _delete_in_txn(self, video_ids: list[int]) -> list[int]:
+        self.con.execute("CREATE OR REPLACE TEMP TABLE del_videos (video_id BIGINT)")
+        self.con.executemany("INSERT INTO del_videos VALUES (?)", [(v,) for v in video_ids])
+        clip_ids = [r[0] for r in self.con.execute(
+            "SELECT clip_id FROM clips WHERE video_id IN (SELECT video_id FROM del_videos)").fetchall()]
+        self.con.execute("DELETE FROM clip_vectors WHERE clip_id IN "
+                         "(SELECT clip_id FROM clips WHERE video_id IN (SELECT video_id FROM del_videos))")
+        self.con.execute("DELETE FROM clips WHERE video_id IN (SELECT video_id FROM del_videos)")
+        self.con.execute("DELETE FROM video_vectors WHERE video_id IN (SELECT video_id FROM del_videos)")
+        self.con.execute("DELETE FROM videos WHERE video_id IN (SELECT video_id FROM del_videos)")
+        self.con.execute("DROP TABLE del_videos")
+        return clip_ids
+
+    def commit_results(self, results: Sequence[VideoResult], params: IndexParams, run_id: int,
+                       ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Write a batch of finished files in ONE transaction.
+
+        A file already stored under the same path is replaced (its old clips go).
+        Returns (new clip ids, their vectors, removed clip ids) for the FAISS side.
+        """
+        new_ids: list[np.ndarray] = []
+        new_vecs: list[np.ndarray] = []
+        with self.transaction():
+            paths = [r.file.path for r in results]
+            old = self.con.execute("SELECT video_id FROM videos WHERE list_contains(?, path)", [paths]).fetchall()
+            removed = self._delete_in_txn([r[0] for r in old]) if old else []
+            video_rows, clip_rows, vector_rows = [], [], []
+            for result in results:
+                video_id = self.con.execute("SELECT nextval('video_ids')").fetchone()[0]
+                probe = result.probe
+                row = {
+                    "video_id": video_id, "path": result.file.path, "fingerprint": result.fingerprint,
+                    "size_bytes": result.file.size_bytes, "mtime_ns": result.file.mtime_ns,
+                    "status": result.status.value, "error": result.error,
+                    "notes": "; ".join(result.notes) or None,
+                    **{c: (getattr(probe, c) if probe else None) for c in _PROBE_COLUMNS},
+                    "model_id": params.model_id if result.status == VideoStatus.INDEXED else None,
+                    "clip_s": params.clip_s, "snippets": params.snippets, "sampling": params.sampling,
+                    "frames_embedded": result.frames_embedded, "decode_s": result.decode_s,
+                    "worker": result.worker, "run_id": run_id,
+                }
+                video_rows.append(row)
+                if result.clips:
+                    start = self.con.execute("SELECT nextval('clip_ids') FROM range(?)",
+                                             [len(result.clips)]).fetchall()
+                    ids = np.array([r[0] for r in start], dtype=np.int64)
+                    for cid, clip in zip(ids, result.clips):
+                        clip_rows.append((int(cid), video_id, clip.span.index, clip.span.start_s,
+                                          clip.span.end_s, list(clip.snippet_times_s)))
+                    mat = np.stack([c.vector for c in result.clips]).astype(np.float32)
+                    vector_rows.append((ids, mat))
+                    new_ids.append(ids)
+                    new_vecs.append(mat)
+                if result.video_vector is not None:
+                    self.con.execute("INSERT INTO video_vectors VALUES (?, ?, ?)",
+                                     [video_id, params.model_id, result.video_vector.astype(np.float32).tolist()])
+            if video_rows:
+                cols = ", ".join(video_rows[0].keys())
+                self._insert_arrow("videos", pa.Table.from_pylist(video_rows),
+                                   f"({cols}, first_seen_at, indexed_at)", f"{cols}, now(), now()")
+            if clip_rows:
+                clip_table = pa.table({
+                    "clip_id": [r[0] for r in clip_rows], "video_id": [r[1] for r in clip_rows],
+                    "idx": [r[2] for r in clip_rows], "start_s": [r[3] for r in clip_rows],
+                    "end_s": [r[4] for r in clip_rows], "snippet_times_s": [r[5] for r in clip_rows]})
+                self._insert_arrow("clips", clip_table)
+                ids = np.concatenate([v[0] for v in vector_rows])
+                mat = np.concatenate([v[1] for v in vector_rows])
+                vec_table = pa.table({
+                    "clip_id": ids, "model_id": [params.model_id] * len(ids),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])})
+                self._insert_arrow("clip_vectors", vec_table, "", "clip_id, model_id, vector::FLOAT[]")
+        ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
+        mats = np.concatenate(new_vecs) if new_vecs else None
+        return ids, mats, removed
+
+    def _insert_arrow(self, target: str, table: pa.Table, columns: str = "", select: str = "*") -> None:
+        self.con.register("_vidx_rows", table)
+        try:
+            self.con.execute(f"INSERT INTO {target} {columns} SELECT {select} FROM _vidx_rows")
+        finally:
+            self.con.unregister("_vidx_rows")
+
+    # -- runs ------------------------------------------------------------------------
+    def start_run(self, kind: str, args: dict) -> int:
+        run_id = self.con.execute("SELECT nextval('run_ids')").fetchone()[0]
+        self.con.execute("INSERT INTO runs VALUES (?, ?, now(), NULL, 'running', ?, ?, ?, NULL)",
+                         [run_id, kind, socket.gethostname(), os.getpid(), json.dumps(args, default=str)])
+        return run_id
+
+    def finish_run(self, run_id: int, status: str, stats: dict) -> None:
+        self.con.execute("UPDATE runs SET finished_at = now(), status = ?, stats = ? WHERE run_id = ?",
+                         [status, json.dumps(stats, default=str), run_id])
+
+    # -- vectors / FAISS -------------------------------------------------------------------
+    def id_checksum(self) -> vec.IdChecksum:
+        n, s, sq = self.con.execute(
+            "SELECT count(*), coalesce(sum(clip_id::HUGEINT), 0), coalesce(sum(clip_id::HUGEINT * clip_id), 0) "
+            "FROM clip_vectors").fetchone()
+        return vec.IdChecksum(int(n), int(s), int(sq))
+
+    def load_vectors(self, batch_rows: int = 200_000):
+        """Yield (ids, float32 matrix) batches of every clip vector, for (re)building FAISS."""
+        reader = self.con.execute("SELECT clip_id, vector FROM clip_vectors ORDER BY clip_id").fetch_record_batch(batch_rows)
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            ids = batch.column(0).to_numpy().astype(np.int64)
+            flat = batch.column(1).values.to_numpy(zero_copy_only=False).astype(np.float32)
+            yield ids, flat.reshape(batch.num_rows, -1)
+
+    def vector_dim(self) -> int | None:
+        row = self.con.execute("SELECT dim FROM models WHERE model_id = ?", [self.index_model()]).fetchone()
+        return int(row[0]) if row else None
+
+    def build_faiss(self):
+        """A fresh exact FAISS index of every vector in DuckDB."""
+        dim = self.vector_dim()
+        if dim is None:
+            return None
+        index = vec.new_flat_index(dim)
+        for ids, mat in self.load_vectors():
+            index.add_with_ids(mat, ids)
+        return index
+
+    def load_faiss(self, rebuild_if_stale: bool = True):
+        """The FAISS index if it matches DuckDB; otherwise rebuilt from DuckDB (and saved if writable)."""
+        model_id = self.index_model()
+        if model_id is None:
+            return None
+        meta = vec.read_meta(self.index_dir)
+        checksum = self.id_checksum()
+        if meta and meta.get("model_id") == model_id and meta.get("checksum") == checksum.__dict__:
+            index = vec.read_index(self.index_dir)
+            if index is not None and index.ntotal == checksum.count:
+                return index
+        if not rebuild_if_stale:
+            return None
+        log.info("FAISS index of %s does not match DuckDB; rebuilding it from DuckDB", self.index_dir)
+        index = self.build_faiss()
+        if not self.read_only and index is not None:
+            vec.write_index(index, self.index_dir, model_id, checksum)
+        return index
+
+    def save_faiss(self, index) -> None:
+        vec.write_index(index, self.index_dir, self.index_model() or "", self.id_checksum())
+
+    # -- status ------------------------------------------------------------------------
+    def status(self) -> dict:
+        counts = dict(self.con.execute("SELECT status, count(*) FROM videos GROUP BY status").fetchall())
+        hours = self.con.execute("SELECT coalesce(sum(duration_s), 0) / 3600 FROM videos "
+                                 "WHERE status = 'indexed'").fetchone()[0]
+        n_clips = self.con.execute("SELECT count(*) FROM clips").fetchone()[0]
+        failures = [dict(path=p, status=s, reason=e) for p, s, e in self.con.execute(
+            "SELECT path, status, error FROM videos WHERE status <> 'indexed' ORDER BY status, path").fetchall()]
+        last_run = self.con.execute(
+            "SELECT run_id, kind, started_at, finished_at, status, stats FROM runs ORDER BY run_id DESC LIMIT 1"
+        ).fetchone()
+        size = sum(os.path.getsize(os.path.join(self.index_dir, f)) for f in os.listdir(self.index_dir)
+                   if os.path.isfile(os.path.join(self.index_dir, f)))
+        meta = vec.read_meta(self.index_dir) or {}
+        return {
+            "index_dir": self.index_dir,
+            "schema_version": SCHEMA_VERSION,
+            "model_id": self.index_model(),
+            "videos": {k: int(counts.get(k, 0)) for k in ("indexed", "failed", "skipped")},
+            "clips": int(n_clips),
+            "video_hours": round(float(hours), 3),
+            "index_bytes": int(size),
+            "faiss": {"type": meta.get("type"), "ntotal": meta.get("ntotal"),
+                      "in_sync": bool(meta) and meta.get("checksum") == self.id_checksum().__dict__},
+            "failures": failures,
+            "last_run": None if last_run is None else {
+                "run_id": last_run[0], "kind": last_run[1], "started_at": str(last_run[2]),
+                "finished_at": str(last_run[3]) if last_run[3] else None, "status": last_run[4],
+                "stats": json.loads(last_run[5]) if last_run[5] else None},
+        }

@@ -1,0 +1,173 @@
+"""Per-video work units, independent of how they are scheduled.
+
+``decode_video`` runs where decoding happens (a Ray CPU worker, or in-process):
+it probes, plans clips and yields, alternately, a small ``ChunkHeader`` and
+the chunk's frame array, then a final ``DecodeOutcome``. The split lets a
+scheduler read the small header without pulling frames through itself.
+``embed_chunk`` runs where the model is. ``VideoAssembler`` joins the two into
+the ``VideoResult`` the store commits. Every failure becomes data here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexer.clips import plan_clips
+from indexer.decode import DecodeStats, DecodeTimeout, iter_snippet_chunks
+from indexer.model import LoadedModel, consensus
+from indexer.probe import ProbeFailure, probe_video
+from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """What a decode worker needs to process one file."""
+
+    file: VideoFile
+    fingerprint: str
+    clip_s: float
+    snippets: int
+    sampling: str
+    short_side: int
+    timeout_s: float
+    chunk_frames: int = 48
+    decode_threads: int = 1
+
+
+@dataclass(frozen=True)
+class ChunkHeader:
+    """Announces that the next item of the stream is the frame array of these clips."""
+
+    path: str
+    spans: tuple[ClipSpan, ...]
+    times_s: tuple[tuple[float, ...], ...]
+    probe: VideoProbe
+
+
+@dataclass(frozen=True)
+class DecodeOutcome:
+    """Last item of a decode stream: how it went."""
+
+    path: str
+    status: VideoStatus
+    error: str | None
+    probe: VideoProbe | None
+    n_clips: int
+    frames_decoded: int
+    decode_s: float
+    worker: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    spans: tuple[ClipSpan, ...]
+    times_s: tuple[tuple[float, ...], ...]
+    vectors: np.ndarray  # (n_clips, dim), L2-normalised consensus vectors
+    frames: int
+
+
+def worker_name() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
+    except Exception:  # Ray absent or not in a worker: a host name is fine
+        pass
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOutcome]:
+    """Probe and decode one file. Never raises for bad input: the outcome says what happened."""
+    t0 = time.monotonic()
+    probe: VideoProbe | None = None
+    stats = DecodeStats()
+    n_clips = 0
+    notes: list[str] = []
+    status, error = VideoStatus.INDEXED, None
+    try:
+        probe = probe_video(job.file.path, timeout_s=min(job.timeout_s, 60.0))
+        spans = plan_clips(probe.duration_s, job.clip_s)
+        if not spans:
+            # No usable duration in the header: one clip over whatever decodes is still useful.
+            spans = (ClipSpan(0, 0.0, max(1.0 / max(probe.avg_fps, 1.0), 1e-3)),)
+            notes.append("no duration; indexed as one clip")
+        timeout = job.timeout_s + probe.duration_s
+        for chunk in iter_snippet_chunks(job.file.path, probe, spans, job.snippets, job.short_side,
+                                         job.sampling, timeout, job.chunk_frames, job.decode_threads, stats):
+            n_clips += len(chunk.spans)
+            yield ChunkHeader(job.file.path, chunk.spans, chunk.times_s, probe)
+            yield chunk.frames
+        if stats.packet_errors:
+            notes.append(f"{stats.packet_errors} damaged packets skipped")
+        if n_clips < len(spans):
+            notes.append(f"decoded up to {stats.last_frame_s:.2f} s of {probe.duration_s:.2f} s; "
+                         f"{len(spans) - n_clips} clips after that not indexed")
+        if n_clips == 0:
+            status, error = VideoStatus.FAILED, "no clip could be decoded; the video stream is damaged"
+    except ProbeFailure as exc:
+        status, error = exc.status, exc.reason
+    except DecodeTimeout as exc:
+        status, error = VideoStatus.FAILED, f"{exc}; the file may be damaged (raise decode_timeout_s to allow more)"
+    except MemoryError:
+        status, error = VideoStatus.FAILED, "out of memory while decoding"
+    except Exception as exc:  # a libav or numpy error on one odd file must not stop the run
+        status, error = VideoStatus.FAILED, f"decode error: {type(exc).__name__}: {exc}"
+    yield DecodeOutcome(job.file.path, status, error, probe, n_clips, stats.frames_decoded,
+                        time.monotonic() - t0, worker_name(), tuple(notes))
+
+
+def embed_chunk(model: LoadedModel, header: ChunkHeader, frames: np.ndarray, batch_size: int) -> EmbeddedChunk:
+    """Encode a chunk's snippet frames and reduce each clip's K snippets to one consensus vector."""
+    k = len(header.times_s[0])
+    snippet_vecs = model.encode_frames(frames, batch_size=batch_size)
+    per_clip = snippet_vecs.reshape(len(header.spans), k, -1)
+    vectors = np.stack([consensus(v) for v in per_clip]).astype(np.float32)
+    return EmbeddedChunk(header.spans, header.times_s, vectors, len(frames))
+
+
+@dataclass
+class VideoAssembler:
+    """Collects a video's embedded chunks and its outcome into one VideoResult."""
+
+    job: VideoJob
+    chunks: list[EmbeddedChunk] = field(default_factory=list)
+    outcome: DecodeOutcome | None = None
+    pending: int = 0  # chunks sent to the model and not back yet
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def complete(self) -> bool:
+        return self.outcome is not None and self.pending == 0
+
+    def result(self) -> VideoResult:
+        out = self.outcome
+        assert out is not None
+        clips = sorted((ClipEmbedding(span, chunk.vectors[i], chunk.times_s[i])
+                        for chunk in self.chunks for i, span in enumerate(chunk.spans)),
+                       key=lambda c: c.span.index)
+        status, error = out.status, out.error
+        if status == VideoStatus.INDEXED and not clips:
+            status, error = VideoStatus.FAILED, error or "no clip was embedded"
+        video_vector = None
+        if clips and status == VideoStatus.INDEXED:
+            weights = np.array([max(c.span.duration_s, 1e-6) for c in clips], np.float32)
+            mean = (np.stack([c.vector for c in clips]) * weights[:, None]).sum(0)
+            video_vector = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        return VideoResult(
+            file=self.job.file, fingerprint=self.job.fingerprint, status=status, error=error,
+            probe=out.probe, clips=tuple(clips) if status == VideoStatus.INDEXED else (),
+            video_vector=video_vector, frames_embedded=sum(c.frames for c in self.chunks),
+            decode_s=out.decode_s, worker=out.worker, notes=out.notes)
+
+    def fail(self, reason: str, worker: str = "") -> None:
+        self.outcome = DecodeOutcome(self.job.file.path, VideoStatus.FAILED, reason, None, 0, 0,
+                                     time.monotonic() - self.started, worker)
+        self.chunks.clear()

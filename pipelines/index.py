@@ -1,0 +1,399 @@
+"""``vidx index`` as a Ray job: decode on CPU workers, embed on an actor pool, commit in batches.
+
+Flow: discover -> plan (incremental diff) -> apply renames/deletes -> [nothing
+to do: stop here, no model, no Ray] -> resolve weights (fail fast) -> Ray:
+decode tasks stream (header, frames) pairs, frames go straight from the decode
+worker to a model actor through the object store, the driver only sees small
+headers and vectors -> finished videos are committed to DuckDB in one
+transaction per batch, FAISS is updated in memory and flushed atomically.
+
+Backpressure: at most ``decode_slots`` files decode at once, each decode
+stream pauses after a few unread chunks, and each model actor has a bounded
+queue; memory stays flat whatever the archive size. A decode that runs past
+its time bound is cancelled (the worker is killed) and recorded as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from indexer import vectors as vec
+from indexer.config import Settings
+from indexer.discover import discover_files
+from indexer.incremental import WorkPlan, plan_work
+from indexer.model import LoadedModel, ModelSpec, resolve_model, warn_if_random
+from indexer.store import IndexParams, IndexStore
+from indexer.types import VideoResult, VideoStatus
+from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk
+from pipelines.progress import Progress
+from pipelines.ray_runtime import ray_session
+
+log = logging.getLogger(__name__)
+
+_CHUNK_FRAMES = 48  # frames per decode chunk: a few model batches, ~7 MB at 224 px
+_ACTOR_QUEUE = 3  # chunks in flight per model actor
+_DECODE_GRACE_S = 30.0  # beyond the in-task bound before the driver kills the worker
+
+
+@dataclass
+class IndexSummary:
+    """What a run did; printed by the CLI and stored in ``runs.stats``."""
+
+    index_dir: str
+    run_id: int = 0
+    status: str = "ok"
+    discovered: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    renamed: int = 0
+    copied: int = 0
+    touched: int = 0
+    deleted: int = 0
+    failed: int = 0
+    skipped: int = 0
+    clips_added: int = 0
+    frames_embedded: int = 0
+    video_seconds: float = 0.0
+    wall_s: float = 0.0
+    model_id: str | None = None
+    workers: dict = field(default_factory=dict)  # worker -> videos decoded
+    failures: list = field(default_factory=list)  # {path, status, reason}
+    notes: list = field(default_factory=list)
+
+    @property
+    def times_realtime(self) -> float:
+        return self.video_seconds / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["times_realtime"] = round(self.times_realtime, 2)
+        d["video_hours"] = round(self.video_seconds / 3600, 4)
+        return d
+
+
+class ModelActor:
+    """Holds one loaded model; Ray makes one of these per embed worker."""
+
+    def __init__(self, spec: ModelSpec, device: str, threads: int, batch_size: int):
+        self.model = LoadedModel(spec, device=device, threads=threads)
+        self.batch_size = batch_size
+
+    def info(self) -> dict:
+        return {"dim": self.model.dim, "image_size": self.model.image_size,
+                "logit_scale": self.model.logit_scale}
+
+    def embed(self, header: ChunkHeader, frames: np.ndarray):
+        return embed_chunk(self.model, header, frames, self.batch_size)
+
+
+def _decode_stream(job: VideoJob):
+    yield from decode_video(job)
+
+
+def _apply_plan_without_decoding(store: IndexStore, plan: WorkPlan, summary: IndexSummary) -> list[int]:
+    """Deletes, renames, copies and touches; returns clip ids removed from FAISS."""
+    removed = store.delete_videos(s.video_id for s in plan.deleted)
+    store.update_location([(vid, f) for vid, f, _ in plan.renamed] + plan.touched)
+    summary.deleted = len(plan.deleted)
+    summary.renamed = len(plan.renamed)
+    summary.touched = len(plan.touched)
+    return removed
+
+
+def index_paths(paths: list[str], settings: Settings, retry_failed: bool = False, reset: bool = False,
+                show_progress: bool = True) -> IndexSummary:
+    """Index ``paths`` into ``settings.index_dir``; the library entry point behind ``vidx index``."""
+    t_start = time.monotonic()
+    summary = IndexSummary(index_dir=settings.index_dir)
+    roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+    files = list(discover_files(roots, include_hidden=settings.include_hidden))
+    summary.discovered = len(files)
+
+    with IndexStore(settings.index_dir) as store:
+        if reset:
+            store.reset()
+        model_id_before = store.index_model()
+        run_id = store.start_run("index", {"paths": roots, "settings": asdict(settings)})
+        summary.run_id = run_id
+        status = "ok"
+        try:
+            status = _run(store, files, roots, settings, summary, retry_failed, show_progress)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            summary.status = status
+            summary.wall_s = time.monotonic() - t_start
+            summary.model_id = store.index_model() or model_id_before
+            store.finish_run(run_id, status, summary.as_dict())
+    return summary
+
+
+def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSummary,
+         retry_failed: bool, show_progress: bool) -> str:
+    # Which model will this run use? Needed to decide "unchanged" before any loading.
+    wanted_model = store.index_model()
+    spec: ModelSpec | None = None
+    if wanted_model is None or _model_may_differ(wanted_model, settings):
+        spec = resolve_model(settings.model, settings.pretrained)
+        store.check_model(spec.model_id)
+        wanted_model = spec.model_id
+    params = IndexParams(wanted_model, settings.clip_s, settings.snippets, settings.sampling)
+    plan = plan_work(files, store.stored_videos(), store.video_params(), params, roots, retry_failed)
+    summary.unchanged = len(plan.unchanged)
+    for f, reason in plan.unreadable:
+        summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
+    summary.failed += len(plan.unreadable)
+
+    faiss_index = None
+    removed = _apply_plan_without_decoding(store, plan, summary)
+    added_ids: list[np.ndarray] = []
+    for source_id, f in plan.copies:
+        ids = store.copy_video(source_id, f)
+        summary.copied += 1
+        if ids:
+            added_ids.append(np.array(ids, np.int64))
+
+    if plan.to_index:
+        if spec is None:
+            spec = resolve_model(settings.model, settings.pretrained)
+            store.check_model(spec.model_id)
+        warn_if_random(spec)
+        faiss_index = store.load_faiss()
+        faiss_index = _remove_ids(faiss_index, removed)
+        faiss_index = _add_ids_from_store(store, faiss_index, added_ids)
+        removed, added_ids = [], []
+        status = _index_with_ray(store, plan, spec, params, settings, summary, faiss_index, show_progress)
+        return status
+
+    # Nothing to decode: keep FAISS in step with the renames/deletes/copies, or verify it.
+    if removed or added_ids:
+        faiss_index = store.load_faiss()
+        faiss_index = _remove_ids(faiss_index, removed)
+        faiss_index = _add_ids_from_store(store, faiss_index, added_ids)
+        if faiss_index is not None:
+            store.save_faiss(faiss_index)
+    else:
+        store.load_faiss()  # cheap checksum check; rebuilds only when out of step with DuckDB
+    return "ok"
+
+
+def _model_may_differ(index_model: str, settings: Settings) -> bool:
+    """True unless the configured model is obviously the one the index holds (no load needed)."""
+    name, _, weights = index_model.partition("|")
+    if name != settings.model:
+        return True
+    if weights.startswith("random:"):
+        return settings.pretrained != "random"
+    if weights.startswith("file:") or name == "local-dir":
+        return True  # a file's identity needs its digest: cheap, done by resolve_model
+    return weights != settings.pretrained
+
+
+def _remove_ids(index, ids):
+    if index is not None and len(ids):
+        index.remove_ids(np.asarray(ids, dtype=np.int64))
+    return index
+
+
+def _add_ids_from_store(store: IndexStore, index, id_arrays: list[np.ndarray]):
+    if not id_arrays:
+        return index
+    wanted = set(int(i) for arr in id_arrays for i in arr)
+    if index is None:
+        return store.build_faiss()
+    for ids, mat in store.load_vectors():
+        mask = np.array([int(i) in wanted for i in ids])
+        if mask.any():
+            index.add_with_ids(mat[mask], ids[mask])
+    return index
+
+
+def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, params: IndexParams,
+                    settings: Settings, summary: IndexSummary, faiss_index, show_progress: bool) -> str:
+    import ray
+
+    total_cpus = os.cpu_count() or 1
+    with ray_session(settings.ray_address, num_cpus=None) as resources:
+        cluster_cpus = int(resources.get("CPU", total_cpus))
+        gpus = int(resources.get("GPU", 0))
+        use_gpu = gpus > 0 and settings.device in ("auto", "cuda")
+        n_actors = settings.embed_workers
+        threads = settings.torch_threads or max(1, (cluster_cpus if not settings.ray_address else total_cpus)
+                                                // n_actors)
+        actor_cls = ray.remote(ModelActor).options(
+            num_cpus=1, num_gpus=(1 if use_gpu else 0), max_restarts=2, max_task_retries=2)
+        actors = [actor_cls.remote(spec, "cuda" if use_gpu else "cpu", threads, settings.batch_size)
+                  for _ in range(n_actors)]
+        info = ray.get(actors[0].info.remote())  # fails here, once, if the weights do not load
+        store.register_model(spec.model_id, spec.name, spec.pretrained, info["dim"], info["image_size"],
+                             info["logit_scale"])
+        if faiss_index is None:
+            faiss_index = vec.new_flat_index(info["dim"])
+        decode_slots = settings.decode_workers or max(1, cluster_cpus - n_actors)
+        decode_fn = ray.remote(_decode_stream).options(
+            num_cpus=1, max_retries=1, num_returns="streaming", _generator_backpressure_num_objects=4)
+        return _drive(store, plan, params, settings, summary, faiss_index, actors, decode_fn,
+                      decode_slots, info["image_size"], show_progress)
+
+
+def _drive(store, plan, params, settings, summary, faiss_index, actors, decode_fn, decode_slots,
+           image_size, show_progress) -> str:
+    import ray
+
+    jobs = deque(VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, image_size,
+                          settings.decode_timeout_s, _CHUNK_FRAMES) for f, fp in plan.to_index)
+    progress = Progress(len(jobs), sum(_expected_seconds(f) for f, _ in plan.to_index), enabled=show_progress)
+    streams: dict = {}  # generator -> VideoAssembler
+    waiting_frames: dict = {}  # generator -> ChunkHeader whose frames are the stream's next item
+    embeds: dict = {}  # ObjectRef -> (VideoAssembler, actor index)
+    actor_load = [0] * len(actors)
+    live: list[VideoAssembler] = []  # every video started and not yet committed
+    done: list[VideoResult] = []
+    last_commit = last_flush = time.monotonic()
+    status = "ok"
+
+    def commit(force_flush: bool = False) -> None:
+        nonlocal last_commit, last_flush, done
+        if done:
+            ids, mats, removed = store.commit_results(done, params, summary.run_id)
+            if len(removed):
+                faiss_index.remove_ids(np.asarray(removed, np.int64))
+            if len(ids):
+                faiss_index.add_with_ids(mats, ids)
+            for r in done:
+                _count(summary, r)
+            done = []
+        last_commit = time.monotonic()
+        if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
+            store.save_faiss(faiss_index)
+            last_flush = time.monotonic()
+
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while jobs or live:
+            while jobs and len(streams) < decode_slots:
+                job = jobs.popleft()
+                gen = decode_fn.remote(job)
+                streams[gen] = VideoAssembler(job)
+                live.append(streams[gen])
+            actors_full = min(actor_load) >= _ACTOR_QUEUE
+            # A stream whose next item is frames waits while every model actor is busy.
+            waitable = [g for g in streams if not (actors_full and g in waiting_frames)] + list(embeds)
+            ready, _ = ray.wait(waitable, num_returns=1, timeout=1.0) if waitable else ([], [])
+            for ref in ready:
+                if ref in embeds:
+                    asm, ai = embeds.pop(ref)
+                    actor_load[ai] -= 1
+                    asm.pending -= 1
+                    try:
+                        asm.chunks.append(ray.get(ref))
+                    except Exception as exc:  # the model actor died on this chunk
+                        asm.fail(f"embedding failed: {_short(exc)}")
+                    continue
+                asm = streams[ref]
+                try:
+                    item_ref = next(ref)
+                except StopIteration:
+                    streams.pop(ref)
+                    waiting_frames.pop(ref, None)
+                    if asm.outcome is None:
+                        asm.fail("decode worker ended without a result")
+                    continue
+                if ref in waiting_frames:
+                    header = waiting_frames.pop(ref)
+                    ai = min(range(len(actors)), key=actor_load.__getitem__)
+                    embeds[actors[ai].embed.remote(header, item_ref)] = (asm, ai)
+                    actor_load[ai] += 1
+                    asm.pending += 1
+                    continue
+                try:
+                    item = ray.get(item_ref)
+                except Exception as exc:  # worker crashed (segfault in a decoder, OOM kill)
+                    asm.fail(f"decoder crashed on this file: {_short(exc)}")
+                    ray.cancel(ref, force=True)
+                    streams.pop(ref)
+                    continue
+                if isinstance(item, ChunkHeader):
+                    waiting_frames[ref] = item
+                elif isinstance(item, DecodeOutcome):
+                    asm.outcome = item
+            # Decodes that outlive their bound (a hang inside libav) are killed.
+            now = time.monotonic()
+            for gen, asm in list(streams.items()):
+                limit = settings.decode_timeout_s + _expected_seconds(asm.job.file) * 2 + _DECODE_GRACE_S
+                if asm.outcome is None and now - asm.started > limit:
+                    ray.cancel(gen, force=True)
+                    streams.pop(gen)
+                    waiting_frames.pop(gen, None)
+                    asm.fail(f"decoding hung for {now - asm.started:.0f} s and was stopped; the file "
+                             f"is probably damaged")
+            # Collect completed videos (outcome in and every chunk embedded).
+            for asm in [a for a in live if a.complete]:
+                live.remove(asm)
+                for gen in [g for g, a in streams.items() if a is asm]:
+                    streams.pop(gen)
+                    waiting_frames.pop(gen, None)
+                result = asm.result()
+                done.append(result)
+                progress.advance(result)
+            if done and (time.monotonic() - last_commit > settings.commit_every_s
+                         or not (jobs or live)):
+                commit()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        for gen in list(streams):
+            ray.cancel(gen, force=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        commit(force_flush=True)
+        progress.close()
+    return status
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _expected_seconds(f) -> float:
+    # Before probing, size is the only hint of duration; the bar corrects itself as probes arrive.
+    return max(f.size_bytes / 250_000, 1.0)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def _count(summary: IndexSummary, r: VideoResult) -> None:
+    if r.status == VideoStatus.INDEXED:
+        summary.indexed += 1
+        summary.clips_added += len(r.clips)
+        summary.frames_embedded += r.frames_embedded
+        summary.video_seconds += r.probe.duration_s if r.probe else 0.0
+    else:
+        if r.status == VideoStatus.FAILED:
+            summary.failed += 1
+        else:
+            summary.skipped += 1
+        summary.failures.append({"path": r.file.path, "status": r.status.value, "reason": r.error})
+    if r.worker:
+        summary.workers[r.worker] = summary.workers.get(r.worker, 0) + 1
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process and its finished children."""
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return usage * 1024 if sys.platform != "darwin" else usage

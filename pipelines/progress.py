@@ -1,0 +1,41 @@
+"""The progress bar of long jobs, on stderr (stdout carries results only)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from indexer.types import VideoResult, VideoStatus
+
+
+class Progress:
+    """Videos done of total with an ETA, plus video-seconds indexed and the realtime factor."""
+
+    def __init__(self, total_videos: int, expected_seconds: float, enabled: bool = True):
+        self.enabled = enabled and total_videos > 0
+        self.started = time.monotonic()
+        self.video_seconds = 0.0
+        self.failed = 0
+        self._bar = None
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_videos, unit="video", file=sys.stderr, dynamic_ncols=True,
+                             desc="indexing", mininterval=0.5, disable=None)
+
+    def advance(self, result: VideoResult) -> None:
+        if result.probe and result.status == VideoStatus.INDEXED:
+            self.video_seconds += result.probe.duration_s
+        if result.status == VideoStatus.FAILED:
+            self.failed += 1
+        if self._bar is not None:
+            elapsed = max(time.monotonic() - self.started, 1e-6)
+            self._bar.set_postfix_str(f"{self.video_seconds:,.0f} video-s, "
+                                      f"{self.video_seconds / elapsed:.1f}x realtime, {self.failed} failed",
+                                      refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

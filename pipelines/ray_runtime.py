@@ -1,0 +1,42 @@
+"""Starting and joining Ray quietly.
+
+One machine: Ray starts embedded (no dashboard, logs kept out of stdout).
+A cluster: ``ray_address`` ("auto" or host:port) joins it. Ray's own log
+lines never reach stdout, which carries results only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict]:
+    """Initialise Ray (embedded or joined) for the duration of the block; yields cluster resources."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():  # a caller (tests, a notebook) already owns the session
+        yield ray.cluster_resources()
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True,
+                  logging_level=logging.WARNING)
+    if address:
+        kwargs["address"] = address
+    else:
+        # A private single-machine cluster on loopback: token auth only adds a warning line.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # Keep the object store modest: frames stream through it and are consumed quickly.
+        kwargs["object_store_memory"] = int(os.environ.get("VIDX_OBJECT_STORE_BYTES", 512 * 1024 * 1024))
+    ray.init(**kwargs)
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
