@@ -1,0 +1,107 @@
+"""Shared fixtures: generated videos (ffmpeg lavfi), the shared corpus, a tiny model, index dirs.
+
+The ffmpeg binary is imageio-ffmpeg's (pip-installed), so tests need no system ffmpeg.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+TINY_MODEL = "vidx-tiny"
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def make_video(path: Path, source: str = "testsrc2=size=160x120:rate=25", duration_s: float = 2.0,
+               codec: str = "libx264", extra: list[str] | None = None, pre_input: list[str] | None = None) -> Path:
+    """Render a lavfi source to ``path`` (argument list, never a shell)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *(pre_input or []), "-f", "lavfi",
+           "-i", f"{source}", "-t", str(duration_s)]
+    if codec:
+        cmd += ["-c:v", codec]
+    if codec == "libx264":
+        cmd += ["-pix_fmt", "yuv420p", "-preset", "ultrafast"]
+    cmd += [*(extra or []), str(path)]
+    subprocess.run(cmd, check=True, timeout=120)
+    return path
+
+
+def make_color_video(path: Path, colors: list[str], seconds_each: float = 2.0, size: str = "160x120",
+                     rate: int = 25) -> Path:
+    """Concatenated solid-colour segments: a video whose content at each time is known."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inputs: list[str] = []
+    for c in colors:
+        inputs += ["-f", "lavfi", "-t", str(seconds_each), "-i", f"color=c={c}:size={size}:rate={rate}"]
+    n = len(colors)
+    graph = "".join(f"[{i}:v]" for i in range(n)) + f"concat=n={n}:v=1:a=0[v]"
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *inputs, "-filter_complex", graph,
+                    "-map", "[v]", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
+                    str(path)], check=True, timeout=120)
+    return path
+
+
+@pytest.fixture
+def video_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "videos"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Path:
+    return tmp_path / "index"
+
+
+@pytest.fixture
+def tiny_settings(index_dir: Path):
+    """Settings for fast tests: tiny open_clip architecture with (seeded) random weights."""
+    from indexer.config import load_settings
+
+    return load_settings({"db": str(index_dir), "model": TINY_MODEL, "pretrained": "random",
+                          "clip_s": 2.0}, environ={})
+
+
+@pytest.fixture
+def shared_videos() -> Path:
+    if not SHARED_VIDEOS.is_dir():
+        pytest.skip(f"shared corpus not found at {SHARED_VIDEOS}")
+    return SHARED_VIDEOS
+
+
+def copy_shared(names: list[str], dest: Path) -> list[Path]:
+    """Copy files from the read-only shared corpus into a test's own folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        target = dest / name
+        shutil.copy2(SHARED_VIDEOS / name, target)
+        out.append(target)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolate_user_dirs(tmp_path_factory):
+    """Never touch the developer's real XDG data/config dirs or model caches."""
+    home = tmp_path_factory.mktemp("home")
+    old = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "HF_HUB_OFFLINE")}
+    os.environ["XDG_DATA_HOME"] = str(home / "data")
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
