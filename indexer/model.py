@@ -189,23 +189,29 @@ class LoadedModel:
             torch.set_num_threads(threads)
         self.spec = spec
         self.device = device
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if spec.is_random:
-                torch.manual_seed(_RANDOM_SEED)  # the same "random" model in every worker and run
-                model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=None)
-            elif os.path.isdir(spec.weights):
-                model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{spec.weights}")
-            else:
-                try:
-                    model, _, preprocess = open_clip.create_model_and_transforms(
-                        spec.name, pretrained=spec.weights)
-                except (RuntimeError, KeyError, ValueError, OSError) as exc:
-                    raise ModelUnavailable(
-                        f"cannot load {spec.weights} as {spec.name} weights: {str(exc).splitlines()[0]}\n"
-                        f"Check that --model matches the checkpoint's architecture.") from None
-            tokenizer_name = f"local-dir:{spec.weights}" if os.path.isdir(spec.weights) else spec.name
-            self.tokenizer = open_clip.get_tokenizer(tokenizer_name)
+        # open_clip logs "No pretrained weights loaded" on the root logger for random models;
+        # our own warning (warn_if_random) is the one users should see.
+        logging.disable(logging.WARNING)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if spec.is_random:
+                    torch.manual_seed(_RANDOM_SEED)  # the same "random" model in every worker and run
+                    model, _, preprocess = open_clip.create_model_and_transforms(spec.name, pretrained=None)
+                elif os.path.isdir(spec.weights):
+                    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{spec.weights}")
+                else:
+                    try:
+                        model, _, preprocess = open_clip.create_model_and_transforms(
+                            spec.name, pretrained=spec.weights)
+                    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+                        raise ModelUnavailable(
+                            f"cannot load {spec.weights} as {spec.name} weights: {str(exc).splitlines()[0]}\n"
+                            f"Check that --model matches the checkpoint's architecture.") from None
+                tokenizer_name = f"local-dir:{spec.weights}" if os.path.isdir(spec.weights) else spec.name
+                self.tokenizer = open_clip.get_tokenizer(tokenizer_name)
+        finally:
+            logging.disable(logging.NOTSET)
         self.model = model.to(device).eval()
         self.preprocess = preprocess
         size = getattr(model.visual, "image_size", 224)

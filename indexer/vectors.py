@@ -83,3 +83,24 @@ def read_index(index_dir: str) -> faiss.Index | None:
         return faiss.read_index(path)
     except RuntimeError:
         return None  # damaged: the caller rebuilds from DuckDB
+
+
+def search_index(index: faiss.Index, queries: np.ndarray, k: int,
+                 allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, clip ids) for each query row; ``allowed_ids`` restricts the search.
+
+    The restriction is applied inside FAISS (an id selector), so k results come
+    back even when the filter is selective. Missing results have id -1.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if index is None or index.ntotal == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    k = max(1, min(k, index.ntotal))
+    if allowed_ids is None:
+        return index.search(queries, k)
+    allowed_ids = np.ascontiguousarray(allowed_ids, dtype=np.int64)
+    if len(allowed_ids) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    selector = faiss.IDSelectorBatch(allowed_ids)
+    params = faiss.SearchParameters(sel=selector)
+    return index.search(queries, min(k, len(allowed_ids)), params=params)

@@ -55,6 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true", help="empty the index first (e.g. to change model)")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("search", help="find moments by text, image or example")
+    p.add_argument("query", nargs="?", help='what to look for, e.g. "a cat playing with a ball"')
+    _add_common(p)
+    _add_model(p)
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--min-score", type=float, dest="min_score", help="drop results scoring below this")
+    p.add_argument("--per-video", type=int, default=2, dest="per_video",
+                   help="at most this many moments per video (default 2)")
+    p.add_argument("--group", choices=("clip", "video"), default="clip", help="rank moments or whole videos")
+    p.add_argument("--no-merge", action="store_true", help="do not merge adjacent matching clips")
+    p.add_argument("--image", help="query by an example image file")
+    p.add_argument("--like", metavar="FILE@TIME", help="more like the moment at TIME (s or HH:MM:SS) of FILE")
+    p.add_argument("--path", dest="path_glob", help="only files matching this glob (full path or name)")
+    p.add_argument("--under", dest="path_prefix", help="only files under this folder")
+    p.add_argument("--min-duration", type=float, dest="min_duration_s", help="only videos at least this long (s)")
+    p.add_argument("--max-duration", type=float, dest="max_duration_s", help="only videos at most this long (s)")
+    p.add_argument("--modified-since", dest="modified_since", help="only files modified since (YYYY-MM-DD[THH:MM])")
+    p.add_argument("--indexed-since", dest="indexed_since", help="only files indexed since (YYYY-MM-DD[THH:MM])")
+    p.add_argument("--tag", action="append", dest="tags", help="only moments with this tag (repeatable)")
+    p.add_argument("--player", choices=("ffplay", "mpv"), default="ffplay", help="player of the play command")
+
     p = sub.add_parser("status", help="what the index holds, and the files that failed")
     _add_common(p)
 
@@ -103,6 +124,68 @@ def cmd_index(args: argparse.Namespace) -> int:
         if s.status == "interrupted":
             print("  interrupted: finished videos are saved; run the same command again to continue")
     return EXIT_INTERRUPTED if summary.status == "interrupted" else EXIT_OK
+
+
+def _parse_time_of_day(text: str) -> float:
+    """Seconds from '12.5', '1:02.5' or '01:02:03.250'."""
+    parts = text.split(":")
+    try:
+        seconds = 0.0
+        for part in parts:
+            seconds = seconds * 60 + float(part)
+    except ValueError:
+        raise ConfigError(f"cannot read time '{text}'; use seconds (12.5) or HH:MM:SS(.mmm)") from None
+    return seconds
+
+
+def _parse_date(text: str | None, option: str):
+    if text is None:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option}: cannot read date '{text}'; use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search import Filters, Searcher
+
+    settings = _settings_from(args)
+    given = sum(x is not None for x in (args.query, args.image, args.like))
+    if given != 1:
+        raise ConfigError("give exactly one of: a text query, --image FILE, --like FILE@TIME")
+    filters = Filters(path_glob=args.path_glob, path_prefix=args.path_prefix,
+                      min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s,
+                      modified_since=_parse_date(args.modified_since, "--modified-since"),
+                      indexed_since=_parse_date(args.indexed_since, "--indexed-since"),
+                      tags=tuple(args.tags or ()))
+    searcher = Searcher(settings.index_dir, model=args.model, pretrained=args.pretrained,
+                        threads=settings.torch_threads)
+    options = dict(k=args.k, filters=filters, per_video=args.per_video, min_score=args.min_score,
+                   merge=not args.no_merge, group=args.group)
+    if args.query is not None:
+        hits = searcher.search(args.query, **options)
+    elif args.image is not None:
+        hits = searcher.search_image(args.image, **options)
+    else:
+        file, sep, when = args.like.rpartition("@")
+        if not sep or not file:
+            raise ConfigError("--like takes FILE@TIME, e.g. --like clip.mp4@12.5")
+        hits = searcher.search_like(file, _parse_time_of_day(when), **options)
+    if args.json:
+        _print_json([h.as_dict(args.player) for h in hits])
+        return EXIT_OK
+    if not hits:
+        print("no results" + (" (the filters leave nothing to search)" if filters.active else ""))
+    for rank, hit in enumerate(hits, 1):
+        d = hit.as_dict(args.player)
+        tags = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
+        print(f"{rank:3d}  {hit.score:.3f}  {hit.path}  {d['start']}-{d['end']} "
+              f"({hit.start_s:.3f}-{hit.end_s:.3f} s){tags}")
+        print(f"       {d['play']}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -156,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     from indexer.model import ModelUnavailable
     from indexer.store import IndexError_
 
-    handlers = {"index": cmd_index, "status": cmd_status, "config": cmd_config}
+    from search.searcher import SearchError
+
+    handlers = {"index": cmd_index, "search": cmd_search, "status": cmd_status, "config": cmd_config}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ModelUnavailable, IndexError_, FileNotFoundError) as exc:
+    except (ConfigError, ModelUnavailable, IndexError_, SearchError, FileNotFoundError) as exc:
         print(f"vidx: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,351 @@
+"""Read-only query side: text/image/example queries -> ranked, timestamped ``Hit``s.
+
+``Searcher`` opens an index once: the FAISS index (rebuilt in memory from
+DuckDB if it is stale), the clip and video metadata as in-memory columns (so
+filters and the metadata join need no database round trip and the DuckDB file
+is not held open), and, lazily, the model the index was built with.
+
+Filters are turned into the set of allowed clip ids and applied inside the
+vector search, so ``k`` results still come back under a selective filter.
+Adjacent matching clips of one video merge into one moment, and a per-video
+cap keeps one long video from filling the list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shlex
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from indexer import vectors as vec
+from indexer.model import LoadedModel, resolve_model
+from indexer.store import IndexStore, ModelMismatch
+
+# Averaged in embedding space; CLIP-style prompt ensembling for video moments.
+PROMPT_TEMPLATES = (
+    "{}",
+    "a video of {}.",
+    "a still from a video of {}.",
+    "a photo of {}.",
+)
+
+
+class SearchError(ValueError):
+    """A query that cannot be run; the message is one line that says what to change."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions applied inside the search. Times are datetimes (naive = local time)."""
+
+    path_glob: str | None = None  # fnmatch pattern on the full path, e.g. "*/2024/*.mp4"
+    path_prefix: str | None = None
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    modified_since: datetime | None = None  # file modification time
+    indexed_since: datetime | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return any(v not in (None, ()) for v in (self.path_glob, self.path_prefix, self.min_duration_s,
+                                                  self.max_duration_s, self.modified_since,
+                                                  self.indexed_since, self.tags or None))
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked moment: a span of one video made of one or more adjacent clips."""
+
+    path: str
+    video_id: int
+    start_s: float
+    end_s: float
+    score: float
+    clip_ids: tuple[int, ...]
+    tags: tuple[str, ...] = ()
+
+    def play_command(self, player: str = "ffplay") -> str:
+        if player == "mpv":
+            return f"mpv --start={self.start_s:.3f} {shlex.quote(self.path)}"
+        return f"ffplay -hide_banner -ss {self.start_s:.3f} -autoexit {shlex.quote(self.path)}"
+
+    def as_dict(self, player: str = "ffplay") -> dict:
+        return {"path": self.path, "video_id": self.video_id, "start_s": round(self.start_s, 3),
+                "end_s": round(self.end_s, 3), "start": format_timestamp(self.start_s),
+                "end": format_timestamp(self.end_s), "score": round(self.score, 4),
+                "clip_ids": list(self.clip_ids), "tags": list(self.tags),
+                "play": self.play_command(player)}
+
+
+def format_timestamp(seconds: float) -> str:
+    ms = int(round(seconds * 1000))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+@dataclass
+class _Catalog:
+    """Clip and video metadata as columns, indexed by position; clip ids are sorted."""
+
+    clip_ids: np.ndarray
+    clip_video: np.ndarray
+    clip_idx: np.ndarray
+    clip_start: np.ndarray
+    clip_end: np.ndarray
+    video_ids: np.ndarray
+    video_path: list[str]
+    video_duration: np.ndarray
+    video_mtime_ns: np.ndarray
+    video_indexed_at: np.ndarray  # epoch seconds
+    video_pos: dict[int, int] = field(default_factory=dict)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.clip_ids, ids)
+        pos = np.clip(pos, 0, max(len(self.clip_ids) - 1, 0))
+        ok = (len(self.clip_ids) > 0) & (self.clip_ids[pos] == ids) if len(self.clip_ids) else np.zeros(len(ids), bool)
+        return np.where(ok, pos, -1)
+
+
+class Searcher:
+    """Loads an index (and its model, on first use) once; answers many queries."""
+
+    def __init__(self, index_dir: str, model: str | None = None, pretrained: str | None = None,
+                 device: str = "cpu", threads: int = 0):
+        self.index_dir = os.path.abspath(os.path.expanduser(index_dir))
+        self._device, self._threads = device, threads
+        self._model: LoadedModel | None = None
+        with IndexStore(self.index_dir, read_only=True) as store:
+            self.model_id = store.index_model()
+            if self.model_id is None:
+                raise SearchError(f"index {self.index_dir} holds no vectors yet; run 'vidx index FOLDER' first")
+            row = store.con.execute("SELECT name, pretrained FROM models WHERE model_id = ?",
+                                    [self.model_id]).fetchone()
+            self._model_name, self._pretrained = row
+            if (model and model != self._model_name) or (pretrained and pretrained != self._pretrained):
+                raise ModelMismatch(
+                    f"index {self.index_dir} was built with {self._model_name} ({self._pretrained}); "
+                    f"searching it with {model or self._model_name} ({pretrained or self._pretrained}) "
+                    f"would compare vectors of different models. Drop --model/--pretrained or use "
+                    f"the index built with that model.")
+            self.index = store.load_faiss(rebuild_if_stale=True)
+            self.catalog = self._load_catalog(store)
+
+    # -- loading --------------------------------------------------------------------------
+    @staticmethod
+    def _load_catalog(store: IndexStore) -> _Catalog:
+        clips = store.con.execute(
+            "SELECT c.clip_id, c.video_id, c.idx, c.start_s, c.end_s FROM clips c "
+            "JOIN clip_vectors v USING (clip_id) ORDER BY c.clip_id").fetchnumpy()
+        videos = store.con.execute(
+            "SELECT video_id, path, coalesce(duration_s, 0), coalesce(mtime_ns, 0), "
+            "coalesce(epoch(indexed_at), 0) FROM videos WHERE status = 'indexed' ORDER BY video_id"
+        ).fetchall()
+        cat = _Catalog(
+            clip_ids=np.asarray(clips["clip_id"], np.int64), clip_video=np.asarray(clips["video_id"], np.int64),
+            clip_idx=np.asarray(clips["idx"], np.int64), clip_start=np.asarray(clips["start_s"], np.float64),
+            clip_end=np.asarray(clips["end_s"], np.float64),
+            video_ids=np.array([v[0] for v in videos], np.int64), video_path=[v[1] for v in videos],
+            video_duration=np.array([v[2] for v in videos], np.float64),
+            video_mtime_ns=np.array([v[3] for v in videos], np.int64),
+            video_indexed_at=np.array([v[4] for v in videos], np.float64))
+        cat.video_pos = {int(v): i for i, v in enumerate(cat.video_ids)}
+        return cat
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            spec = resolve_model(self._model_name, self._pretrained)
+            if spec.model_id != self.model_id:
+                raise ModelMismatch(
+                    f"the weights found for {self._model_name} ({self._pretrained}) are not the ones "
+                    f"this index was built with ({self.model_id} vs {spec.model_id}); restore the "
+                    f"original weights file or re-index with 'vidx index --reset'")
+            self._model = LoadedModel(spec, device=self._device, threads=self._threads)
+        return self._model
+
+    # -- queries ------------------------------------------------------------------------
+    def embed_text(self, text: str) -> np.ndarray:
+        text = validate_query(text)
+        n_tokens = _count_tokens(self.model, text)
+        limit = _context_length(self.model) - 2
+        if n_tokens > limit:
+            raise SearchError(f"query is {n_tokens} tokens long but the model reads at most {limit}; "
+                              f"shorten it")
+        prompts = [t.format(text) for t in PROMPT_TEMPLATES]
+        mean = self.model.encode_text(prompts).mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+    def embed_image(self, image_path: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(image_path) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except FileNotFoundError:
+            raise SearchError(f"image {image_path} does not exist") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise SearchError(f"cannot read image {image_path}: {exc}") from None
+        return self.model.encode_frames(rgb[None])[0]
+
+    def vector_at(self, path: str, time_s: float) -> np.ndarray:
+        """The stored vector of the clip of ``path`` that contains ``time_s`` (no decoding)."""
+        cat = self.catalog
+        full = os.path.abspath(os.path.expanduser(path))
+        try:
+            vpos = cat.video_path.index(full)
+        except ValueError:
+            raise SearchError(f"{path} is not in the index; index it first or check the path") from None
+        rows = np.nonzero(cat.clip_video == cat.video_ids[vpos])[0]
+        inside = rows[(cat.clip_start[rows] <= time_s) & (time_s < cat.clip_end[rows])]
+        if len(inside) == 0:
+            last = float(cat.clip_end[rows].max()) if len(rows) else 0.0
+            raise SearchError(f"{path} has no clip at {time_s:.3f} s (indexed span 0-{last:.3f} s)")
+        clip_id = int(cat.clip_ids[inside[0]])
+        with IndexStore(self.index_dir, read_only=True) as store:
+            row = store.con.execute("SELECT vector FROM clip_vectors WHERE clip_id = ?", [clip_id]).fetchone()
+        return np.asarray(row[0], np.float32)
+
+    def search(self, text: str, k: int = 10, filters: Filters | None = None, **kw) -> list[Hit]:
+        return self.search_vector(self.embed_text(text), k, filters, **kw)
+
+    def search_image(self, image_path: str, k: int = 10, filters: Filters | None = None, **kw) -> list[Hit]:
+        return self.search_vector(self.embed_image(image_path), k, filters, **kw)
+
+    def search_like(self, path: str, time_s: float, k: int = 10, filters: Filters | None = None,
+                    **kw) -> list[Hit]:
+        return self.search_vector(self.vector_at(path, time_s), k, filters, **kw)
+
+    def search_vector(self, query: np.ndarray, k: int = 10, filters: Filters | None = None,
+                      per_video: int = 2, min_score: float | None = None, merge: bool = True,
+                      group: str = "clip", merge_margin: float = 0.03) -> list[Hit]:
+        """Ranked moments for an embedding. ``group='video'`` ranks whole videos (one hit each)."""
+        if k < 1:
+            raise SearchError("k must be at least 1")
+        allowed = self.allowed_clip_ids(filters) if filters is not None and filters.active else None
+        total = self.index.ntotal if self.index is not None else 0
+        if allowed is not None:
+            total = min(total, len(allowed))
+        if total == 0:
+            return []
+        per_video = per_video if group == "clip" else 1
+        fetch = min(total, max(64, k * max(per_video, 1) * 8))
+        while True:
+            scores, ids = vec.search_index(self.index, query[None].astype(np.float32), fetch, allowed)
+            keep = ids[0] >= 0
+            hits, exhausted = self._moments(ids[0][keep], scores[0][keep], k, per_video, min_score,
+                                            merge_margin if merge else None)
+            if len(hits) >= k or fetch >= total or exhausted:
+                return hits[:k]
+            fetch = min(total, fetch * 4)
+
+    # -- internals --------------------------------------------------------------------------
+    def allowed_clip_ids(self, filters: Filters) -> np.ndarray:
+        cat = self.catalog
+        ok = np.ones(len(cat.video_ids), bool)
+        if filters.path_prefix:
+            prefix = os.path.abspath(os.path.expanduser(filters.path_prefix))
+            ok &= np.array([p.startswith(prefix) for p in cat.video_path], bool)
+        if filters.path_glob:
+            pattern = filters.path_glob
+            ok &= np.array([fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(os.path.basename(p), pattern)
+                            for p in cat.video_path], bool)
+        if filters.min_duration_s is not None:
+            ok &= cat.video_duration >= filters.min_duration_s
+        if filters.max_duration_s is not None:
+            ok &= cat.video_duration <= filters.max_duration_s
+        if filters.modified_since is not None:
+            ok &= cat.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
+        if filters.indexed_since is not None:
+            ok &= cat.video_indexed_at >= filters.indexed_since.timestamp()
+        if filters.tags:
+            raise SearchError("tag filters need scene tags; run 'vidx index' with tagging enabled first")
+        videos = cat.video_ids[ok]
+        return cat.clip_ids[np.isin(cat.clip_video, videos)]
+
+    def _moments(self, ids: np.ndarray, scores: np.ndarray, k: int, per_video: int,
+                 min_score: float | None, merge_margin: float | None) -> tuple[list[Hit], bool]:
+        """Group candidate clips into moments; returns (hits, whether the score floor was reached).
+
+        A neighbouring clip joins a moment when it is itself a candidate scoring within
+        ``merge_margin`` of the moment's best clip (None: no merging).
+        """
+        cat = self.catalog
+        rows = cat.rows_of(ids)
+        valid = rows >= 0
+        ids, scores, rows = ids[valid], scores[valid], rows[valid]
+        exhausted = False
+        if min_score is not None:
+            above = scores >= min_score
+            exhausted = not above.all()
+            ids, scores, rows = ids[above], scores[above], rows[above]
+        # clip idx -> (score, clip id) per video, for merging adjacent clips.
+        by_video: dict[int, dict[int, tuple[float, int]]] = {}
+        for cid, score, row in zip(ids, scores, rows):
+            by_video.setdefault(int(cat.clip_video[row]), {})[int(cat.clip_idx[row])] = (float(score), int(cid))
+        used: set[int] = set()
+        per_video_count: dict[int, int] = {}
+        hits: list[Hit] = []
+        for cid, score, row in zip(ids, scores, rows):
+            cid = int(cid)
+            if cid in used:
+                continue
+            video = int(cat.clip_video[row])
+            if per_video_count.get(video, 0) >= per_video:
+                continue
+            idx = int(cat.clip_idx[row])
+            members = {idx: cid}
+            if merge_margin is not None:
+                clips = by_video[video]
+                for step in (-1, 1):
+                    j = idx + step
+                    while j in clips and clips[j][1] not in used and clips[j][0] >= score - merge_margin:
+                        members[j] = clips[j][1]
+                        j += step
+            member_ids = [members[j] for j in sorted(members)]
+            used.update(member_ids)
+            member_rows = cat.rows_of(np.array(member_ids, np.int64))
+            vpos = cat.video_pos[video]
+            hits.append(Hit(path=cat.video_path[vpos], video_id=video,
+                            start_s=float(cat.clip_start[member_rows].min()),
+                            end_s=float(cat.clip_end[member_rows].max()), score=float(score),
+                            clip_ids=tuple(member_ids)))
+            per_video_count[video] = per_video_count.get(video, 0) + 1
+            if len(hits) >= k:
+                break
+        return hits, exhausted
+
+
+def validate_query(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SearchError("query is not valid UTF-8 text; check the terminal's encoding") from None
+    text = unicodedata.normalize("NFC", text).strip()
+    if not text:
+        raise SearchError('empty query; give words to search for, e.g. vidx search "a dog on a skateboard"')
+    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n" for ch in text):
+        raise SearchError("query contains control characters; type plain text")
+    return text
+
+
+def _count_tokens(model: LoadedModel, text: str) -> int:
+    tok = model.tokenizer
+    encode = getattr(tok, "encode", None)
+    if encode is not None:
+        try:
+            return len(encode(text))
+        except Exception:  # tokenizers of other model families: no exact count, do not block
+            return 0
+    return 0
+
+
+def _context_length(model: LoadedModel) -> int:
+    return int(getattr(model.tokenizer, "context_length", 77) or 77)
