@@ -67,6 +67,12 @@ _PROBE_COLUMNS = ("container", "codec", "duration_s", "duration_source", "start_
                   "display_height", "rotation_deg", "sample_aspect_ratio", "has_audio")
 
 
+def _one(result: duckdb.DuckDBPyConnection) -> tuple | None:
+    """First row of a result, fetching all of it (DuckDB refuses new work on a half-read result)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 class IndexError_(RuntimeError):
     """Base of errors about the index directory; messages name the directory and the fix."""
 
@@ -187,14 +193,14 @@ class IndexStore:
         self.close()
 
     def _init_version(self) -> None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = _one(self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'"))
         if row is None:
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         else:
             self._check_version()
 
     def _check_version(self) -> None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = _one(self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'"))
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
             raise IndexError_(f"index {self.index_dir} has schema {version}, newer than this vidx "
@@ -203,7 +209,7 @@ class IndexStore:
     # -- model ---------------------------------------------------------------------
     def index_model(self) -> str | None:
         """The model whose vectors this index holds (None when it holds none)."""
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+        row = _one(self.con.execute("SELECT value FROM meta WHERE key = 'model_id'"))
         return row[0] if row else None
 
     def check_model(self, model_id: str) -> None:
@@ -220,7 +226,7 @@ class IndexStore:
         with self.transaction():
             if self.index_model() is None:
                 self.con.execute("INSERT INTO meta VALUES ('model_id', ?)", [model_id])
-            if not self.con.execute("SELECT 1 FROM models WHERE model_id = ?", [model_id]).fetchone():
+            if not _one(self.con.execute("SELECT 1 FROM models WHERE model_id = ?", [model_id])):
                 self.con.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, now())",
                                  [model_id, name, pretrained, dim, image_size, logit_scale])
 
@@ -273,7 +279,7 @@ class IndexStore:
     def copy_video(self, source_id: int, file: VideoFile) -> list[int]:
         """Index a byte-identical copy by cloning the source's clips and vectors (no decoding)."""
         with self.transaction():
-            new_id = self.con.execute("SELECT nextval('video_ids')").fetchone()[0]
+            new_id = _one(self.con.execute("SELECT nextval('video_ids')"))[0]
             cols = ", ".join(c for c in self._video_columns() if c not in ("video_id", "path", "size_bytes",
                                                                            "mtime_ns", "first_seen_at"))
             self.con.execute(
@@ -332,7 +338,7 @@ class IndexStore:
             removed = self._delete_in_txn([r[0] for r in old]) if old else []
             video_rows, clip_rows, vector_rows = [], [], []
             for result in results:
-                video_id = self.con.execute("SELECT nextval('video_ids')").fetchone()[0]
+                video_id = _one(self.con.execute("SELECT nextval('video_ids')"))[0]
                 probe = result.probe
                 row = {
                     "video_id": video_id, "path": result.file.path, "fingerprint": result.fingerprint,
@@ -389,7 +395,7 @@ class IndexStore:
 
     # -- runs ------------------------------------------------------------------------
     def start_run(self, kind: str, args: dict) -> int:
-        run_id = self.con.execute("SELECT nextval('run_ids')").fetchone()[0]
+        run_id = _one(self.con.execute("SELECT nextval('run_ids')"))[0]
         self.con.execute("INSERT INTO runs VALUES (?, ?, now(), NULL, 'running', ?, ?, ?, NULL)",
                          [run_id, kind, socket.gethostname(), os.getpid(), json.dumps(args, default=str)])
         return run_id
@@ -400,14 +406,14 @@ class IndexStore:
 
     # -- vectors / FAISS -------------------------------------------------------------------
     def id_checksum(self) -> vec.IdChecksum:
-        n, s, sq = self.con.execute(
+        n, s, sq = _one(self.con.execute(
             "SELECT count(*), coalesce(sum(clip_id::HUGEINT), 0), coalesce(sum(clip_id::HUGEINT * clip_id), 0) "
-            "FROM clip_vectors").fetchone()
+            "FROM clip_vectors"))
         return vec.IdChecksum(int(n), int(s), int(sq))
 
     def load_vectors(self, batch_rows: int = 200_000):
         """Yield (ids, float32 matrix) batches of every clip vector, for (re)building FAISS."""
-        reader = self.con.execute("SELECT clip_id, vector FROM clip_vectors ORDER BY clip_id").fetch_record_batch(batch_rows)
+        reader = self.con.sql("SELECT clip_id, vector FROM clip_vectors ORDER BY clip_id").fetch_arrow_reader(batch_rows)
         for batch in reader:
             if batch.num_rows == 0:
                 continue
@@ -416,7 +422,7 @@ class IndexStore:
             yield ids, flat.reshape(batch.num_rows, -1)
 
     def vector_dim(self) -> int | None:
-        row = self.con.execute("SELECT dim FROM models WHERE model_id = ?", [self.index_model()]).fetchone()
+        row = _one(self.con.execute("SELECT dim FROM models WHERE model_id = ?", [self.index_model()]))
         return int(row[0]) if row else None
 
     def build_faiss(self):
@@ -454,14 +460,14 @@ class IndexStore:
     # -- status ------------------------------------------------------------------------
     def status(self) -> dict:
         counts = dict(self.con.execute("SELECT status, count(*) FROM videos GROUP BY status").fetchall())
-        hours = self.con.execute("SELECT coalesce(sum(duration_s), 0) / 3600 FROM videos "
-                                 "WHERE status = 'indexed'").fetchone()[0]
-        n_clips = self.con.execute("SELECT count(*) FROM clips").fetchone()[0]
+        hours = _one(self.con.execute("SELECT coalesce(sum(duration_s), 0) / 3600 FROM videos "
+                                 "WHERE status = 'indexed'"))[0]
+        n_clips = _one(self.con.execute("SELECT count(*) FROM clips"))[0]
         failures = [dict(path=p, status=s, reason=e) for p, s, e in self.con.execute(
             "SELECT path, status, error FROM videos WHERE status <> 'indexed' ORDER BY status, path").fetchall()]
-        last_run = self.con.execute(
+        last_run = _one(self.con.execute(
             "SELECT run_id, kind, started_at, finished_at, status, stats FROM runs ORDER BY run_id DESC LIMIT 1"
-        ).fetchone()
+        ))
         size = sum(os.path.getsize(os.path.join(self.index_dir, f)) for f in os.listdir(self.index_dir)
                    if os.path.isfile(os.path.join(self.index_dir, f)))
         meta = vec.read_meta(self.index_dir) or {}

@@ -24,7 +24,7 @@ import numpy as np
 
 from indexer import vectors as vec
 from indexer.model import LoadedModel, resolve_model
-from indexer.store import IndexStore, ModelMismatch
+from indexer.store import IndexStore, ModelMismatch, _one
 
 # Averaged in embedding space; CLIP-style prompt ensembling for video moments.
 PROMPT_TEMPLATES = (
@@ -126,8 +126,8 @@ class Searcher:
             self.model_id = store.index_model()
             if self.model_id is None:
                 raise SearchError(f"index {self.index_dir} holds no vectors yet; run 'vidx index FOLDER' first")
-            row = store.con.execute("SELECT name, pretrained FROM models WHERE model_id = ?",
-                                    [self.model_id]).fetchone()
+            row = _one(store.con.execute("SELECT name, pretrained FROM models WHERE model_id = ?",
+                                    [self.model_id]))
             self._model_name, self._pretrained = row
             if (model and model != self._model_name) or (pretrained and pretrained != self._pretrained):
                 raise ModelMismatch(
@@ -210,7 +210,7 @@ class Searcher:
             raise SearchError(f"{path} has no clip at {time_s:.3f} s (indexed span 0-{last:.3f} s)")
         clip_id = int(cat.clip_ids[inside[0]])
         with IndexStore(self.index_dir, read_only=True) as store:
-            row = store.con.execute("SELECT vector FROM clip_vectors WHERE clip_id = ?", [clip_id]).fetchone()
+            row = _one(store.con.execute("SELECT vector FROM clip_vectors WHERE clip_id = ?", [clip_id]))
         return np.asarray(row[0], np.float32)
 
     def search(self, text: str, k: int = 10, filters: Filters | None = None, **kw) -> list[Hit]:
