@@ -45,6 +45,7 @@ class ModelSpec:
     pretrained: str
     weights: str = ""  # resolved local file or directory ("" for random)
     model_id: str = ""  # stable identity recorded with every vector
+    image_size: int = 224  # model input size from its config: decode straight to it
 
     @property
     def is_random(self) -> bool:
@@ -142,8 +143,30 @@ def _cached_or_download(name: str, tag: str) -> str:
     return path
 
 
+def _config_image_size(name: str, folder: str | None = None) -> int:
+    import json
+
+    import open_clip
+
+    if folder:
+        with open(os.path.join(folder, "open_clip_config.json")) as fh:
+            cfg = json.load(fh).get("model_cfg", {})
+    else:
+        cfg = open_clip.get_model_config(name) or {}
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
 def resolve_model(name: str, pretrained: str) -> ModelSpec:
     """Find the weights for (name, pretrained) locally, downloading if needed; fail fast."""
+    import dataclasses
+
+    spec = _resolve_weights(name, pretrained)
+    folder = spec.weights if spec.weights and os.path.isdir(spec.weights) else None
+    return dataclasses.replace(spec, image_size=_config_image_size(name, folder))
+
+
+def _resolve_weights(name: str, pretrained: str) -> ModelSpec:
     _register_vidx_configs()
     import open_clip
 

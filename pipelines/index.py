@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,7 +31,7 @@ from indexer import vectors as vec
 from indexer.config import Settings
 from indexer.discover import discover_files
 from indexer.incremental import WorkPlan, plan_work
-from indexer.model import LoadedModel, ModelSpec, resolve_model, warn_if_random
+from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
 from indexer.types import VideoResult, VideoStatus
 from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk
@@ -143,15 +144,19 @@ def index_paths(paths: list[str], settings: Settings, retry_failed: bool = False
 
 def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSummary,
          retry_failed: bool, show_progress: bool) -> str:
-    # Which model will this run use? Needed to decide "unchanged" before any loading.
+    # Which model will this run use? Stored videos are "unchanged" only if made by it. Resolving
+    # means importing torch/open_clip (seconds): skip it when the index answers the question, and
+    # on a fresh index overlap it with Ray's start-up.
     wanted_model = store.index_model()
     spec: ModelSpec | None = None
-    if wanted_model is None or _model_may_differ(wanted_model, settings):
+    if wanted_model is not None and _model_may_differ(wanted_model, settings):
         spec = resolve_model(settings.model, settings.pretrained)
         store.check_model(spec.model_id)
         wanted_model = spec.model_id
-    params = IndexParams(wanted_model, settings.clip_s, settings.snippets, settings.sampling)
+    params = IndexParams(wanted_model or "", settings.clip_s, settings.snippets, settings.sampling)
     plan = plan_work(files, store.stored_videos(), store.video_params(), params, roots, retry_failed)
+    log.info("plan: %d to index, %d unchanged, %d renamed, %d copies, %d deleted", len(plan.to_index),
+             len(plan.unchanged), len(plan.renamed), len(plan.copies), len(plan.deleted))
     summary.unchanged = len(plan.unchanged)
     for f, reason in plan.unreadable:
         summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
@@ -167,16 +172,10 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
             added_ids.append(np.array(ids, np.int64))
 
     if plan.to_index:
-        if spec is None:
-            spec = resolve_model(settings.model, settings.pretrained)
-            store.check_model(spec.model_id)
-        warn_if_random(spec)
         faiss_index = store.load_faiss()
         faiss_index = _remove_ids(faiss_index, removed)
         faiss_index = _add_ids_from_store(store, faiss_index, added_ids)
-        removed, added_ids = [], []
-        status = _index_with_ray(store, plan, spec, params, settings, summary, faiss_index, show_progress)
-        return status
+        return _index_with_ray(store, plan, spec, settings, summary, faiss_index, show_progress)
 
     # Nothing to decode: keep FAISS in step with the renames/deletes/copies, or verify it.
     if removed or added_ids:
@@ -211,22 +210,32 @@ def _remove_ids(index, ids):
 def _add_ids_from_store(store: IndexStore, index, id_arrays: list[np.ndarray]):
     if not id_arrays:
         return index
-    wanted = set(int(i) for arr in id_arrays for i in arr)
+    wanted = np.concatenate(id_arrays)
     if index is None:
         return store.build_faiss()
     for ids, mat in store.load_vectors():
-        mask = np.array([int(i) in wanted for i in ids])
+        mask = np.isin(ids, wanted)
         if mask.any():
             index.add_with_ids(mat[mask], ids[mask])
     return index
 
 
-def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, params: IndexParams,
-                    settings: Settings, summary: IndexSummary, faiss_index, show_progress: bool) -> str:
+def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, settings: Settings,
+                    summary: IndexSummary, faiss_index, show_progress: bool) -> str:
     import ray
 
     total_cpus = os.cpu_count() or 1
+    resolving = None
+    if spec is None:  # resolve the weights while Ray starts (both take seconds)
+        resolving = ThreadPoolExecutor(1).submit(resolve_model, settings.model, settings.pretrained)
+    log.info("starting Ray (%s)", settings.ray_address or "embedded")
     with ray_session(settings.ray_address, num_cpus=None) as resources:
+        log.info("Ray up: %s", {k: v for k, v in resources.items() if k in ("CPU", "GPU")})
+        if resolving is not None:
+            spec = resolving.result()  # ModelUnavailable surfaces here, before any decoding
+            store.check_model(spec.model_id)
+        warn_if_random(spec)
+        params = IndexParams(spec.model_id, settings.clip_s, settings.snippets, settings.sampling)
         cluster_cpus = int(resources.get("CPU", total_cpus))
         gpus = int(resources.get("GPU", 0))
         use_gpu = gpus > 0 and settings.device in ("auto", "cuda")
@@ -237,20 +246,46 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, params: 
             num_cpus=1, num_gpus=(1 if use_gpu else 0), max_restarts=2, max_task_retries=2)
         actors = [actor_cls.remote(spec, "cuda" if use_gpu else "cpu", threads, settings.batch_size)
                   for _ in range(n_actors)]
-        info = ray.get(actors[0].info.remote())  # fails here, once, if the weights do not load
-        store.register_model(spec.model_id, spec.name, spec.pretrained, info["dim"], info["image_size"],
-                             info["logit_scale"])
-        if faiss_index is None:
-            faiss_index = vec.new_flat_index(info["dim"])
+        # Decoding starts now, while the actors load the model; the model's details (and any
+        # failure to load it, which is systemic) are collected before the first commit.
+        model_ready = _ModelReady(store, spec, actors[0].info.remote(), faiss_index)
         decode_slots = settings.decode_workers or max(1, cluster_cpus - n_actors)
         decode_fn = ray.remote(_decode_stream).options(
             num_cpus=1, max_retries=1, num_returns="streaming", _generator_backpressure_num_objects=4)
-        return _drive(store, plan, params, settings, summary, faiss_index, actors, decode_fn,
-                      decode_slots, info["image_size"], show_progress)
+        return _drive(store, plan, params, settings, summary, model_ready, actors, decode_fn,
+                      decode_slots, spec.image_size, show_progress)
 
 
-def _drive(store, plan, params, settings, summary, faiss_index, actors, decode_fn, decode_slots,
-           image_size, show_progress) -> str:
+class _ModelReady:
+    """Registers the model in the index once the first actor has loaded it."""
+
+    def __init__(self, store: IndexStore, spec: ModelSpec, info_ref, faiss_index):
+        self.store, self.spec, self.info_ref, self.faiss_index = store, spec, info_ref, faiss_index
+        self.done = False
+
+    def check(self, block: bool = False) -> bool:
+        import ray
+
+        if self.done:
+            return True
+        if not block and not ray.wait([self.info_ref], timeout=0)[0]:
+            return False
+        try:
+            info = ray.get(self.info_ref)
+        except ray.exceptions.RayError as exc:
+            raise ModelUnavailable(f"the model worker could not load {self.spec.name} "
+                                   f"({self.spec.pretrained}): {_short(exc)}") from None
+        self.store.register_model(self.spec.model_id, self.spec.name, self.spec.pretrained, info["dim"],
+                                  info["image_size"], info["logit_scale"])
+        if self.faiss_index is None:
+            self.faiss_index = vec.new_flat_index(info["dim"])
+        self.done = True
+        log.info("model %s loaded in the model actors", self.spec.model_id)
+        return True
+
+
+def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, actors, decode_fn,
+           decode_slots, image_size, show_progress) -> str:
     import ray
 
     jobs = deque(VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, image_size,
@@ -267,6 +302,9 @@ def _drive(store, plan, params, settings, summary, faiss_index, actors, decode_f
 
     def commit(force_flush: bool = False) -> None:
         nonlocal last_commit, last_flush, done
+        if not model_ready.check(block=bool(done)):
+            return  # nothing embedded yet, so nothing to commit
+        faiss_index = model_ready.faiss_index
         if done:
             ids, mats, removed = store.commit_results(done, params, summary.run_id)
             if len(removed):
@@ -300,7 +338,8 @@ def _drive(store, plan, params, settings, summary, faiss_index, actors, decode_f
                     asm.pending -= 1
                     try:
                         asm.chunks.append(ray.get(ref))
-                    except Exception as exc:  # the model actor died on this chunk
+                    except Exception as exc:
+                        model_ready.check(block=True)  # a model that never loaded is systemic
                         asm.fail(f"embedding failed: {_short(exc)}")
                     continue
                 asm = streams[ref]

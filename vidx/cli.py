@@ -228,8 +228,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr, format="vidx: %(levelname)s: %(message)s")
-    for noisy in ("ray", "filelock", "urllib3", "huggingface_hub", "root"):
+    logging.basicConfig(level=level, stream=sys.stderr, format="vidx: %(asctime)s %(levelname)s: %(message)s" if verbose else "vidx: %(levelname)s: %(message)s")
+    for noisy in ("ray", "filelock", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
