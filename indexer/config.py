@@ -9,6 +9,7 @@ README, ``vidx config`` and the code cannot disagree.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -75,13 +76,18 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if text in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(text)
+        if isinstance(value, bool) and kind in (int, float):
+            raise ValueError(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)  # 2.5 snippets is a mistake, not 2
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: setting '{name}' must be {kind.__name__}, got {value!r}") from None
 
 
 def _validate(settings: Settings) -> Settings:
-    if settings.clip_s <= 0 or settings.min_clip_s < 0 or settings.min_clip_s > settings.clip_s:
+    if not (math.isfinite(settings.clip_s) and math.isfinite(settings.min_clip_s)) or \
+            settings.clip_s <= 0 or settings.min_clip_s < 0 or settings.min_clip_s > settings.clip_s:
         raise ConfigError("clip_s must be > 0 and 0 <= min_clip_s <= clip_s")
     if settings.snippets < 1:
         raise ConfigError("snippets must be >= 1")

@@ -59,17 +59,44 @@ def _register_vidx_configs() -> None:
         open_clip.add_model_config(_CONFIG_DIR)
 
 
+def _digest_cache_path() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return os.path.join(base, "vidx", "checkpoint-digests.json")
+
+
 def _file_digest(path: str) -> str:
-    """Identity of a checkpoint file: size plus a hash of its head and tail (files are large)."""
-    size = os.path.getsize(path)
+    """Identity of a checkpoint file: BLAKE2b of its whole content.
+
+    Weights that differ anywhere are a different model, so nothing short of the whole file
+    will do. Hashing costs about a second per GB, so the digest is cached by (path, size,
+    mtime) in the user cache: a no-change ``vidx index`` does not re-read the file.
+    """
+    import json
+
+    st = os.stat(path)
+    key = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _digest_cache_path()
+    try:
+        with open(cache_file) as fh:
+            cache = json.load(fh)
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(str(size).encode())
     with open(path, "rb") as fh:
-        digest.update(fh.read(1 << 20))
-        if size > (2 << 20):
-            fh.seek(size - (1 << 20))
-            digest.update(fh.read())
-    return digest.hexdigest()
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    cache[key] = digest.hexdigest()
+    try:
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        tmp = f"{cache_file}.{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(dict(list(cache.items())[-256:]), fh)
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only home only costs re-hashing next time
+    return cache[key]
 
 
 def _find_checkpoint(folder: Path) -> Path | None:
@@ -227,7 +254,7 @@ class LoadedModel:
                     try:
                         model, _, preprocess = open_clip.create_model_and_transforms(
                             spec.name, pretrained=spec.weights)
-                    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+                    except Exception as exc:  # pickle, safetensors, torch: every unreadable file
                         raise ModelUnavailable(
                             f"cannot load {spec.weights} as {spec.name} weights: {str(exc).splitlines()[0]}\n"
                             f"Check that --model matches the checkpoint's architecture.") from None

@@ -1,0 +1,142 @@
+"""Unit tests for indexer.work: one video's decode stream, embedding chunks, assembling a result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, make_color_video
+from indexer.discover import discover_files, fingerprint_file
+from indexer.model import LoadedModel, resolve_model
+from indexer.types import ClipSpan, VideoStatus
+from indexer.work import (ChunkHeader, DecodeOutcome, EmbeddedChunk, VideoAssembler, VideoJob, decode_video,
+                          embed_chunk)
+
+
+def job_for(path, clip_s=2.0, snippets=3, sampling="exact", timeout_s=60.0, chunk_frames=48) -> VideoJob:
+    (f,) = discover_files([str(path)])
+    return VideoJob(file=f, fingerprint=fingerprint_file(f.path), clip_s=clip_s, snippets=snippets,
+                    sampling=sampling, short_side=32, timeout_s=timeout_s, chunk_frames=chunk_frames)
+
+
+@pytest.fixture(scope="module")
+def rgb(tmp_path_factory):
+    return make_color_video(tmp_path_factory.mktemp("work") / "rgb.mp4", ["red", "green", "blue"], 2.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LoadedModel(resolve_model(TINY_MODEL, "random"))
+
+
+def test_decode_video_stream_shape(rgb):
+    items = list(decode_video(job_for(rgb, chunk_frames=6)))
+    *body, outcome = items
+    assert isinstance(outcome, DecodeOutcome)
+    assert outcome.status == VideoStatus.INDEXED and outcome.error is None
+    assert outcome.n_clips == 3
+    assert outcome.probe.duration_s == pytest.approx(6.0)
+    assert outcome.notes == ()
+    headers, arrays = body[0::2], body[1::2]
+    assert all(isinstance(h, ChunkHeader) for h in headers)
+    assert all(isinstance(a, np.ndarray) for a in arrays)
+    assert [len(h.spans) for h in headers] == [2, 1]  # 6 frames per chunk, 3 snippets per clip
+    assert [a.shape[0] for a in arrays] == [6, 3]
+    assert [s for h in headers for s in h.spans] == [ClipSpan(0, 0.0, 2.0), ClipSpan(1, 2.0, 4.0),
+                                                      ClipSpan(2, 4.0, 6.0)]
+
+
+@pytest.mark.parametrize("content,status,words", [
+    (b"", VideoStatus.FAILED, "empty"),
+    (b"<!DOCTYPE html><html></html>" * 5, VideoStatus.FAILED, "HTML"),
+])
+def test_decode_video_never_raises_for_bad_input(tmp_path, content, status, words):
+    f = tmp_path / "bad.mp4"
+    f.write_bytes(content)
+    (outcome,) = list(decode_video(job_for(f)))
+    assert outcome.status == status
+    assert words in outcome.error
+    assert outcome.n_clips == 0 and outcome.probe is None
+
+
+def test_decode_video_timeout_becomes_failure(rgb):
+    # The probe gets min(timeout, 60) and decoding timeout + duration: a negative bound fails decoding.
+    (outcome,) = [x for x in decode_video(job_for(rgb, timeout_s=-100.0)) if isinstance(x, DecodeOutcome)]
+    assert outcome.status == VideoStatus.FAILED
+    assert "raise decode_timeout_s" in outcome.error
+
+
+def test_embed_chunk_and_assemble(rgb, model):
+    job = job_for(rgb, clip_s=2.0, snippets=3)
+    asm = VideoAssembler(job)
+    header = None
+    for item in decode_video(job):
+        if isinstance(item, ChunkHeader):
+            header = item
+        elif isinstance(item, np.ndarray):
+            chunk = embed_chunk(model, header, item, batch_size=4)
+            assert isinstance(chunk, EmbeddedChunk)
+            assert chunk.vectors.shape == (len(header.spans), model.dim)
+            assert chunk.frames == item.shape[0]
+            # the consensus of each clip is the normalised mean of its snippet embeddings
+            snip = model.encode_frames(item).reshape(len(header.spans), 3, -1)
+            mean = snip.mean(1)
+            np.testing.assert_allclose(chunk.vectors, mean / np.linalg.norm(mean, axis=1, keepdims=True),
+                                       atol=1e-5)
+            asm.chunks.append(chunk)
+        else:
+            asm.outcome = item
+    assert asm.complete
+    res = asm.result()
+    assert res.status == VideoStatus.INDEXED
+    assert [c.span.index for c in res.clips] == [0, 1, 2]
+    assert res.frames_embedded == 9
+    assert res.fingerprint == job.fingerprint
+    np.testing.assert_allclose(np.linalg.norm(np.stack([c.vector for c in res.clips]), axis=1), 1, atol=1e-5)
+    # equal-length clips: the video vector is the normalised mean of the clip vectors
+    m = np.stack([c.vector for c in res.clips]).mean(0)
+    np.testing.assert_allclose(res.video_vector, m / np.linalg.norm(m), atol=1e-5)
+    # red, green and blue clips do not all embed the same
+    assert np.abs(res.clips[0].vector - res.clips[2].vector).max() > 1e-4
+
+
+def test_assembler_sorts_chunks_and_weights_by_duration(rgb):
+    job = job_for(rgb)
+    asm = VideoAssembler(job)
+    e = np.eye(4, dtype=np.float32)
+    late = EmbeddedChunk((ClipSpan(1, 1.0, 4.0),), ((2.5,),), e[1:2], 1)  # 3 s long
+    early = EmbeddedChunk((ClipSpan(0, 0.0, 1.0),), ((0.5,),), e[0:1], 1)  # 1 s long
+    asm.chunks += [late, early]
+    asm.outcome = DecodeOutcome(job.file.path, VideoStatus.INDEXED, None, None, 2, 10, 0.1, "w")
+    res = asm.result()
+    assert [c.span.index for c in res.clips] == [0, 1]
+    expected = np.array([1.0, 3.0, 0, 0]) / np.sqrt(10)
+    np.testing.assert_allclose(res.video_vector, expected, atol=1e-6)
+
+
+def test_assembler_without_clips_fails(rgb):
+    job = job_for(rgb)
+    asm = VideoAssembler(job)
+    asm.outcome = DecodeOutcome(job.file.path, VideoStatus.INDEXED, None, None, 0, 0, 0.1, "w")
+    res = asm.result()
+    assert res.status == VideoStatus.FAILED
+    assert res.error == "no clip was embedded"
+    assert res.clips == () and res.video_vector is None
+
+
+def test_assembler_fail_drops_chunks(rgb):
+    job = job_for(rgb)
+    asm = VideoAssembler(job)
+    asm.chunks.append(EmbeddedChunk((ClipSpan(0, 0.0, 1.0),), ((0.5,),), np.ones((1, 4), np.float32), 1))
+    asm.fail("model actor died", worker="w1")
+    assert asm.complete
+    res = asm.result()
+    assert (res.status, res.error, res.clips, res.frames_embedded) == (VideoStatus.FAILED, "model actor died",
+                                                                       (), 0)
+
+
+def test_assembler_pending_chunks_not_complete(rgb):
+    asm = VideoAssembler(job_for(rgb))
+    asm.outcome = DecodeOutcome("x", VideoStatus.INDEXED, None, None, 1, 1, 0.0, "w")
+    asm.pending = 1
+    assert not asm.complete
