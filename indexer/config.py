@@ -37,7 +37,9 @@ class Settings:
     # open_clip pretrained tag, a checkpoint file, a directory, or "random" (benchmarks only)
     pretrained: str = "laion2b_s34b_b79k"
     clip_s: float = 5.0  # target clip length; see README "Clips"
-    min_clip_s: float = 1.0  # a shorter tail joins the previous clip
+    min_shot_s: float = 0.6  # shortest shot: cuts closer than this to the previous one are ignored
+    shots: bool = True  # detect shots while decoding and align clips to them (exact sampling)
+    shot_threshold: float = 27.0  # PySceneDetect ContentDetector threshold (lower: more cuts)
     snippets: int = 3  # TSN segments per clip (K)
     sampling: str = "exact"  # "exact" centre frame, or "keyframe" (nearest keyframe, cheaper)
     batch_size: int = 32  # frames per model forward pass
@@ -50,6 +52,13 @@ class Settings:
     faiss_flush_s: float = 60.0  # FAISS file rewrite cadence (DuckDB is the truth)
     ray_address: str = ""  # "" starts Ray embedded; "auto" or host:port joins a cluster
     device: str = "auto"  # "auto" uses a GPU in the model actor when Ray sees one
+
+    @property
+    def clip_recipe(self) -> str:
+        """How clips are cut and sampled; stored per video so a change re-indexes it."""
+        if self.shots and self.sampling == "exact":
+            return f"exact+shots(t={self.shot_threshold:g},min={self.min_shot_s:g})"
+        return self.sampling
 
     @property
     def index_dir(self) -> str:
@@ -86,9 +95,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def _validate(settings: Settings) -> Settings:
-    if not (math.isfinite(settings.clip_s) and math.isfinite(settings.min_clip_s)) or \
-            settings.clip_s <= 0 or settings.min_clip_s < 0 or settings.min_clip_s > settings.clip_s:
-        raise ConfigError("clip_s must be > 0 and 0 <= min_clip_s <= clip_s")
+    if not (math.isfinite(settings.clip_s) and math.isfinite(settings.min_shot_s)) or \
+            settings.clip_s <= 0 or settings.min_shot_s < 0:
+        raise ConfigError("clip_s must be > 0 and min_shot_s >= 0 (finite numbers)")
     if settings.snippets < 1:
         raise ConfigError("snippets must be >= 1")
     if settings.sampling not in ("exact", "keyframe"):

@@ -285,7 +285,7 @@ class ShotSpan:
 
 
 def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip_s: float,
-                     min_clip_s: float, timeout_s: float = 120.0, chunk_frames: int = 48,
+                     min_shot_s: float, timeout_s: float = 120.0, chunk_frames: int = 48,
                      decode_threads: int = 1, stats: DecodeStats | None = None,
                      candidate_fps: float = 8.0, shot_threshold: float = 27.0,
                      shots_out: list | None = None) -> Iterator[SnippetChunk]:
@@ -304,8 +304,9 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
     deadline = time.monotonic() + timeout_s
     size = target_size(probe, short_side)
     det_w = min(DETECT_WIDTH, probe.width)
-    detector = SceneDetectShots(probe.avg_fps or probe.base_fps, threshold=shot_threshold)
-    planner = OnlineClipPlanner(clip_s, min_clip_s)
+    detector = SceneDetectShots(probe.avg_fps or probe.base_fps, threshold=shot_threshold,
+                                min_scene_len_s=min_shot_s)
+    planner = OnlineClipPlanner(clip_s, min_shot_s)
     candidates: deque[tuple[float, np.ndarray]] = deque()
     cand_step = 1.0 / candidate_fps
     clips_per_chunk = max(1, chunk_frames // k)

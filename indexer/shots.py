@@ -16,6 +16,7 @@ from a short buffer of recent candidate frames.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol
@@ -99,71 +100,65 @@ class SceneDetectShots:
 
 @dataclass
 class OnlineClipPlanner:
-    """Final clips from cuts reported while decoding; never straddles a cut."""
+    """Final clips from cuts reported while decoding; never straddles a cut.
+
+    Inside a shot, clips of exactly ``clip_s`` are emitted once at least ``clip_s`` after
+    them is known to be cut-free; when the shot ends, what is left is divided into
+    ``ceil(len / clip_s)`` equal clips. So a clip is at most ``clip_s`` long and, unless
+    its whole shot is shorter, at least ``clip_s / 2``; and the planner never looks more
+    than about ``2 * clip_s`` back, which bounds the frame buffer of the decoder.
+    """
 
     clip_s: float
-    min_clip_s: float
     min_shot_s: float = 0.6  # cuts closer than this to a known cut are the same transition
     cuts: list[Cut] = field(default_factory=list)
     _shot_start: float = 0.0
-    _pending: list[tuple[float, float]] = field(default_factory=list)  # planned, not yet final
-    _planned_until: float = 0.0  # end of the last clip planned in the open shot
-    _emitted_until: float = 0.0  # end of the last emitted clip: cuts before it come too late
+    _emitted_until: float = 0.0  # end of the last emitted clip (>= shot start)
     _next_index: int = 0
-    _closed: set = field(default_factory=set)  # cut times that became shot boundaries
+    _closed: list[tuple[float, str]] = field(default_factory=list)  # (time, transition) of used cuts
 
     def add_cuts(self, cuts: list[Cut]) -> None:
         for cut in sorted(cuts, key=lambda c: c.time_s):
             # Two detectors can report one transition (a fade's dip and the content change
-            # after it): keep the first report.
-            if cut.time_s <= self._shot_start + 1e-6 or \
+            # after it), and a cut can come too late to honour: keep the first usable report.
+            if cut.time_s <= self._emitted_until + 1e-6 or \
                     any(abs(cut.time_s - c.time_s) < self.min_shot_s for c in self.cuts):
                 continue
             self.cuts.append(cut)
 
+    def _open_cuts(self, until_s: float, inclusive: bool = True) -> list[Cut]:
+        return sorted((c for c in self.cuts if self._emitted_until + 1e-6 < c.time_s and
+                       (c.time_s <= until_s if inclusive else c.time_s < until_s)), key=lambda c: c.time_s)
+
     def advance(self, horizon_s: float) -> list[ClipSpan]:
         """Clips that no cut can change any more, given that all cuts before ``horizon_s`` are known."""
         out: list[ClipSpan] = []
-        for cut in sorted((c for c in self.cuts if self._emitted_until < c.time_s <= horizon_s and
-                           c.time_s > self._shot_start), key=lambda c: c.time_s):
-            out += self._close_shot(cut.time_s)
-        # Inside the open shot, whole clips that end before the horizon; each stays pending until
-        # min_clip_s after its end, as a cut there would make the short tail join it.
-        start = self._planned_until
-        while start + self.clip_s <= horizon_s:
-            self._pending.append((start, start + self.clip_s))
-            start += self.clip_s
-        self._planned_until = start
-        while self._pending and self._pending[0][1] + self.min_clip_s <= horizon_s:
-            out.append(self._emit(*self._pending.pop(0)))
+        for cut in self._open_cuts(horizon_s):
+            out += self._close_shot(cut.time_s, cut.transition)
+        while self._emitted_until + 2 * self.clip_s <= horizon_s:
+            out.append(self._emit(self._emitted_until, self._emitted_until + self.clip_s))
         return out
 
     def open_since_s(self) -> float:
         """Start of the earliest time span not yet in an emitted clip."""
-        return self._pending[0][0] if self._pending else self._shot_start
+        return self._emitted_until
 
-    def _close_shot(self, end_s: float) -> list[ClipSpan]:
-        spans = [p for p in self._pending if p[1] <= end_s + 1e-9]
-        start = spans[-1][1] if spans else self._emitted_until
-        tail = end_s - start
-        if tail > 1e-6:
-            if tail < self.min_clip_s and spans:
-                spans[-1] = (spans[-1][0], end_s)
-            else:
-                spans.append((start, end_s))
-        self._pending = []
-        self._shot_start = self._planned_until = end_s
-        self._closed.add(end_s)
-        return [self._emit(a, b) for a, b in spans]
+    def _close_shot(self, end_s: float, transition: str) -> list[ClipSpan]:
+        start = self._emitted_until
+        n = max(1, math.ceil((end_s - start) / self.clip_s - 1e-9))
+        step = (end_s - start) / n
+        spans = [self._emit(start + i * step, end_s if i == n - 1 else start + (i + 1) * step) for i in range(n)]
+        self._shot_start = end_s
+        self._closed.append((end_s, transition))
+        return spans
 
     def finish(self, end_s: float) -> list[ClipSpan]:
         out: list[ClipSpan] = []
-        for cut in sorted((c for c in self.cuts if max(self._shot_start, self._emitted_until) < c.time_s < end_s),
-                          key=lambda c: c.time_s):
-            out += self._close_shot(cut.time_s)
-        if end_s > max(self._shot_start, self._emitted_until) + 1e-6:
-            self._pending = [p for p in self._pending if p[0] < end_s]
-            out += self._close_shot(end_s)
+        for cut in self._open_cuts(end_s, inclusive=False):
+            out += self._close_shot(cut.time_s, cut.transition)
+        if end_s > self._emitted_until + 1e-6:
+            out += self._close_shot(end_s, "end")
+            self._closed.pop()
         return out
 
     def _emit(self, start: float, end: float) -> ClipSpan:
@@ -174,7 +169,6 @@ class OnlineClipPlanner:
 
     def shots(self, end_s: float) -> list[tuple[float, float, str]]:
         """(start_s, end_s, transition into it) of every shot, after ``finish``."""
-        bounds = [(0.0, "start")] + [(c.time_s, c.transition) for c in sorted(self.cuts, key=lambda c: c.time_s)
-                                     if 0.0 < c.time_s < end_s and c.time_s in self._closed]
+        bounds = [(0.0, "start")] + [(t, kind) for t, kind in self._closed if 0.0 < t < end_s]
         return [(a, (bounds[i + 1][0] if i + 1 < len(bounds) else end_s), kind)
                 for i, (a, kind) in enumerate(bounds)]

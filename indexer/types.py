@@ -97,3 +97,4 @@ class VideoResult:
     decode_s: float = 0.0
     worker: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    shots: tuple = ()  # indexer.decode.ShotSpan, when shot detection ran

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.clips import plan_clips
-from indexer.decode import DecodeStats, DecodeTimeout, iter_snippet_chunks
+from indexer.decode import DecodeStats, DecodeTimeout, ShotSpan, iter_shot_chunks, iter_snippet_chunks
 from indexer.model import LoadedModel, consensus
 from indexer.probe import ProbeFailure, probe_video
 from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
@@ -38,6 +38,9 @@ class VideoJob:
     timeout_s: float
     chunk_frames: int = 48
     decode_threads: int = 1
+    shots: bool = False  # detect shots in the same decode and align clips to them
+    min_shot_s: float = 0.6
+    shot_threshold: float = 27.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class DecodeOutcome:
     decode_s: float
     worker: str
     notes: tuple[str, ...] = ()
+    shots: tuple[ShotSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,26 +94,37 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
     probe: VideoProbe | None = None
     stats = DecodeStats()
     n_clips = 0
+    expected_clips = 0
+    shots: list[ShotSpan] = []
     notes: list[str] = []
     status, error = VideoStatus.INDEXED, None
     try:
         probe = probe_video(job.file.path, timeout_s=min(job.timeout_s, 60.0))
-        spans = plan_clips(probe.duration_s, job.clip_s)
-        if not spans:
-            # No usable duration in the header: one clip over whatever decodes is still useful.
-            spans = (ClipSpan(0, 0.0, max(1.0 / max(probe.avg_fps, 1.0), 1e-3)),)
-            notes.append("no duration; indexed as one clip")
         timeout = job.timeout_s + probe.duration_s
-        for chunk in iter_snippet_chunks(job.file.path, probe, spans, job.snippets, job.short_side,
-                                         job.sampling, timeout, job.chunk_frames, job.decode_threads, stats):
+        if job.shots:
+            chunks = iter_shot_chunks(job.file.path, probe, job.snippets, job.short_side, job.clip_s,
+                                      job.min_shot_s, timeout, job.chunk_frames, job.decode_threads, stats,
+                                      shot_threshold=job.shot_threshold, shots_out=shots)
+        else:
+            spans = plan_clips(probe.duration_s, job.clip_s)
+            if not spans:
+                # No usable duration in the header: one clip over whatever decodes is still useful.
+                spans = (ClipSpan(0, 0.0, max(1.0 / max(probe.avg_fps, 1.0), 1e-3)),)
+                notes.append("no duration; indexed as one clip")
+            expected_clips = len(spans)
+            chunks = iter_snippet_chunks(job.file.path, probe, spans, job.snippets, job.short_side,
+                                         job.sampling, timeout, job.chunk_frames, job.decode_threads, stats)
+        for chunk in chunks:
             n_clips += len(chunk.spans)
             yield ChunkHeader(job.file.path, chunk.spans, chunk.times_s, probe)
             yield chunk.frames
         if stats.packet_errors:
             notes.append(f"{stats.packet_errors} damaged packets skipped")
-        if n_clips < len(spans):
+        if n_clips < expected_clips:
             notes.append(f"decoded up to {stats.last_frame_s:.2f} s of {probe.duration_s:.2f} s; "
-                         f"{len(spans) - n_clips} clips after that not indexed")
+                         f"{expected_clips - n_clips} clips after that not indexed")
+        elif job.shots and probe.duration_s - stats.last_frame_s > 2.0 and (stats.packet_errors or stats.stopped_early):
+            notes.append(f"decoded up to {stats.last_frame_s:.2f} s of {probe.duration_s:.2f} s")
         if n_clips == 0:
             status, error = VideoStatus.FAILED, "no clip could be decoded; the video stream is damaged"
     except ProbeFailure as exc:
@@ -121,7 +136,8 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
     except Exception as exc:  # a libav or numpy error on one odd file must not stop the run
         status, error = VideoStatus.FAILED, f"decode error: {type(exc).__name__}: {exc}"
     yield DecodeOutcome(job.file.path, status, error, probe, n_clips, stats.frames_decoded,
-                        time.monotonic() - t0, worker_name(), tuple(notes))
+                        time.monotonic() - t0, worker_name(), tuple(notes),
+                        tuple(shots) if status == VideoStatus.INDEXED else ())
 
 
 def embed_chunk(model: LoadedModel, header: ChunkHeader, frames: np.ndarray, batch_size: int) -> EmbeddedChunk:
@@ -165,7 +181,8 @@ class VideoAssembler:
             file=self.job.file, fingerprint=self.job.fingerprint, status=status, error=error,
             probe=out.probe, clips=tuple(clips) if status == VideoStatus.INDEXED else (),
             video_vector=video_vector, frames_embedded=sum(c.frames for c in self.chunks),
-            decode_s=out.decode_s, worker=out.worker, notes=out.notes)
+            decode_s=out.decode_s, worker=out.worker, notes=out.notes,
+            shots=out.shots if status == VideoStatus.INDEXED else ())
 
     def fail(self, reason: str, worker: str = "") -> None:
         self.outcome = DecodeOutcome(self.job.file.path, VideoStatus.FAILED, reason, None, 0, 0,

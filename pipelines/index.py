@@ -153,7 +153,7 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
         spec = resolve_model(settings.model, settings.pretrained)
         store.check_model(spec.model_id)
         wanted_model = spec.model_id
-    params = IndexParams(wanted_model or "", settings.clip_s, settings.snippets, settings.sampling)
+    params = IndexParams(wanted_model or "", settings.clip_s, settings.snippets, settings.clip_recipe)
     plan = plan_work(files, store.stored_videos(), store.video_params(), params, roots, retry_failed)
     log.info("plan: %d to index, %d unchanged, %d renamed, %d copies, %d deleted", len(plan.to_index),
              len(plan.unchanged), len(plan.renamed), len(plan.copies), len(plan.deleted))
@@ -235,7 +235,7 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, s
             spec = resolving.result()  # ModelUnavailable surfaces here, before any decoding
             store.check_model(spec.model_id)
         warn_if_random(spec)
-        params = IndexParams(spec.model_id, settings.clip_s, settings.snippets, settings.sampling)
+        params = IndexParams(spec.model_id, settings.clip_s, settings.snippets, settings.clip_recipe)
         cluster_cpus = int(resources.get("CPU", total_cpus))
         gpus = int(resources.get("GPU", 0))
         use_gpu = gpus > 0 and settings.device in ("auto", "cuda")
@@ -289,7 +289,9 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
     import ray
 
     jobs = deque(VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, image_size,
-                          settings.decode_timeout_s, _CHUNK_FRAMES) for f, fp in plan.to_index)
+                          settings.decode_timeout_s, _CHUNK_FRAMES, shots=settings.shots and settings.sampling == "exact",
+                          min_shot_s=settings.min_shot_s, shot_threshold=settings.shot_threshold)
+                 for f, fp in plan.to_index)
     progress = Progress(len(jobs), sum(_expected_seconds(f) for f, _ in plan.to_index), enabled=show_progress)
     streams: dict = {}  # generator -> VideoAssembler
     waiting_frames: dict = {}  # generator -> ChunkHeader whose frames are the stream's next item

@@ -198,8 +198,8 @@ def test_unrelated_env_vars_are_ignored():
 @pytest.mark.parametrize("cli,match", [
     ({"clip_s": 0}, "clip_s must be > 0"),
     ({"clip_s": -1.0}, "clip_s must be > 0"),
-    ({"min_clip_s": -0.5}, "min_clip_s"),
-    ({"clip_s": 2.0, "min_clip_s": 3.0}, "min_clip_s <= clip_s"),
+    ({"min_shot_s": -0.5}, "min_shot_s >= 0"),
+    ({"min_shot_s": float("inf")}, "finite"),
     ({"snippets": 0}, "snippets must be >= 1"),
     ({"sampling": "random"}, "sampling must be 'exact' or 'keyframe'"),
     ({"batch_size": 0}, "batch_size and embed_workers"),
@@ -215,9 +215,9 @@ def test_validation_applies_to_env_values():
         load_settings(environ={"VIDX_SAMPLING": "sparse"})
 
 
-def test_min_clip_s_equal_to_clip_s_is_valid():
-    s = load_settings({"clip_s": 2.0, "min_clip_s": 2.0}, environ={})
-    assert s.min_clip_s == s.clip_s == 2.0
+def test_min_shot_s_longer_than_clip_s_is_valid():
+    s = load_settings({"clip_s": 2.0, "min_shot_s": 3.0}, environ={})
+    assert s.min_shot_s == 3.0 and s.clip_s == 2.0
 
 
 def test_nan_clip_s_is_rejected():
