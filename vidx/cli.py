@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-s", type=float, dest="clip_s", help=f"clip length in seconds (default {DEFAULTS.clip_s})")
     p.add_argument("--snippets", type=int, help=f"TSN snippets per clip (default {DEFAULTS.snippets})")
     p.add_argument("--sampling", choices=("exact", "keyframe"), help="snippet frames: exact centre or nearest keyframe")
+    p.add_argument("--no-shots", action="store_const", const=False, dest="shots",
+                   help="do not detect shots (clips on a fixed grid; allows keyframe-only decoding)")
+    p.add_argument("--shot-threshold", type=float, dest="shot_threshold")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--embed-workers", type=int, dest="embed_workers")
     p.add_argument("--decode-workers", type=int, dest="decode_workers")
