@@ -40,6 +40,8 @@ class Settings:
     min_shot_s: float = 0.6  # shortest shot: cuts closer than this to the previous one are ignored
     shots: bool = True  # detect shots while decoding and align clips to them (exact sampling)
     shot_threshold: float = 27.0  # PySceneDetect ContentDetector threshold (lower: more cuts)
+    tags: bool = True  # zero-shot tags (actions, objects, scenes) for clips, shots and videos
+    labels: str = ""  # extra vocabulary files for tags, separated by the path separator (:)
     snippets: int = 3  # TSN segments per clip (K)
     sampling: str = "exact"  # "exact" centre frame, or "keyframe" (nearest keyframe, cheaper)
     batch_size: int = 32  # frames per model forward pass

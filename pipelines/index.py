@@ -95,6 +95,12 @@ class ModelActor:
     def embed(self, header: ChunkHeader, frames: np.ndarray):
         return embed_chunk(self.model, header, frames, self.batch_size)
 
+    def label_bank(self, vocabularies, cache_dir: str):
+        """Text vectors of the tag vocabularies (cached per model under ``cache_dir``)."""
+        from indexer.tagging import LabelBank
+
+        return LabelBank.build(self.model, vocabularies, cache_dir=cache_dir)
+
 
 def _decode_stream(job: VideoJob):
     yield from decode_video(job)
@@ -248,7 +254,10 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, s
                   for _ in range(n_actors)]
         # Decoding starts now, while the actors load the model; the model's details (and any
         # failure to load it, which is systemic) are collected before the first commit.
-        model_ready = _ModelReady(store, spec, actors[0].info.remote(), faiss_index)
+        bank_ref = None
+        if settings.tags:
+            bank_ref = actors[0].label_bank.remote(_vocabularies(store, settings), _label_cache_dir())
+        model_ready = _ModelReady(store, spec, actors[0].info.remote(), faiss_index, bank_ref)
         decode_slots = settings.decode_workers or max(1, cluster_cpus - n_actors)
         decode_fn = ray.remote(_decode_stream).options(
             num_cpus=1, max_retries=1, num_returns="streaming", _generator_backpressure_num_objects=4)
@@ -259,8 +268,9 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, s
 class _ModelReady:
     """Registers the model in the index once the first actor has loaded it."""
 
-    def __init__(self, store: IndexStore, spec: ModelSpec, info_ref, faiss_index):
+    def __init__(self, store: IndexStore, spec: ModelSpec, info_ref, faiss_index, bank_ref=None):
         self.store, self.spec, self.info_ref, self.faiss_index = store, spec, info_ref, faiss_index
+        self.bank_ref, self.bank = bank_ref, None
         self.done = False
 
     def check(self, block: bool = False) -> bool:
@@ -279,6 +289,11 @@ class _ModelReady:
                                   info["image_size"], info["logit_scale"])
         if self.faiss_index is None:
             self.faiss_index = vec.new_flat_index(info["dim"])
+        if self.bank_ref is not None:
+            try:
+                self.bank = ray.get(self.bank_ref)
+            except ray.exceptions.RayError as exc:
+                raise ModelUnavailable(f"encoding the tag vocabularies failed: {_short(exc)}") from None
         self.done = True
         log.info("model %s loaded in the model actors", self.spec.model_id)
         return True
@@ -308,7 +323,8 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             return  # nothing embedded yet, so nothing to commit
         faiss_index = model_ready.faiss_index
         if done:
-            ids, mats, removed = store.commit_results(done, params, summary.run_id)
+            ids, mats, removed = store.commit_results(done, params, summary.run_id,
+                                                      after_insert=_tagger(model_ready.bank))
             if len(removed):
                 faiss_index.remove_ids(np.asarray(removed, np.int64))
             if len(ids):
@@ -402,6 +418,38 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
         commit(force_flush=True)
         progress.close()
     return status
+
+
+def _label_cache_dir() -> str:
+    """Label text vectors are per model and vocabulary, not per index: share them per user."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vidx", "labels")
+
+
+def _vocabularies(store: IndexStore, settings: Settings):
+    from indexer.tagging import load_vocabularies, stored_vocabularies
+
+    from indexer.tagging import remember_vocabulary
+
+    files = [p for p in settings.labels.split(os.pathsep) if p]
+    vocabs = load_vocabularies(label_files=files)
+    with store.transaction():  # later runs (and `vidx tags`) keep applying custom vocabularies
+        for vocab in vocabs[len(vocabs) - len(files):]:
+            remember_vocabulary(store.con, vocab)
+    seen = {v.name for v in vocabs}
+    return vocabs + [v for v in stored_vocabularies(store.con) if v.name not in seen]
+
+
+def _tagger(bank):
+    if bank is None:
+        return None
+
+    def tag(con, video_ids: list[int]) -> None:
+        from indexer.tagging import tag_clips, tag_shots_and_videos
+
+        tag_clips(con, bank, video_ids)
+        tag_shots_and_videos(con, bank, video_ids)
+    return tag
 
 
 def _raise_interrupt(signum, frame):

@@ -243,7 +243,7 @@ class Searcher:
             hits, exhausted = self._moments(ids[0][keep], scores[0][keep], k, per_video, min_score,
                                             merge_margin if merge else None)
             if len(hits) >= k or fetch >= total or exhausted:
-                return hits[:k]
+                return self._with_tags(hits[:k])
             fetch = min(total, fetch * 4)
 
     # -- internals --------------------------------------------------------------------------
@@ -265,10 +265,37 @@ class Searcher:
             ok &= cat.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
         if filters.indexed_since is not None:
             ok &= cat.video_indexed_at >= filters.indexed_since.timestamp()
-        if filters.tags:
-            raise SearchError("tag filters need scene tags; run 'vidx index' with tagging enabled first")
         videos = cat.video_ids[ok]
-        return cat.clip_ids[np.isin(cat.clip_video, videos)]
+        allowed = cat.clip_ids[np.isin(cat.clip_video, videos)]
+        if filters.tags:
+            from indexer.tagging import clip_ids_with_tags
+
+            with IndexStore(self.index_dir, read_only=True) as store:
+                tagged = clip_ids_with_tags(store.con, list(filters.tags))
+            allowed = allowed[np.isin(allowed, tagged)]
+        return allowed
+
+    def _with_tags(self, hits: list[Hit]) -> list[Hit]:
+        """Each moment's top tags (of its clips), from DuckDB; hits unchanged if none."""
+        import dataclasses
+
+        if not hits:
+            return hits
+        from indexer.tagging import tags_of_clips
+
+        clip_ids = [c for h in hits for c in h.clip_ids]
+        try:
+            with IndexStore(self.index_dir, read_only=True) as store:
+                by_clip = tags_of_clips(store.con, clip_ids, top=3)
+        except Exception:  # an index being written right now: results without tags beat none
+            return hits
+        out = []
+        for h in hits:
+            labels: list[str] = []
+            for c in h.clip_ids:
+                labels += [t for t in by_clip.get(c, ()) if t not in labels]
+            out.append(dataclasses.replace(h, tags=tuple(labels[:5])))
+        return out
 
     def _moments(self, ids: np.ndarray, scores: np.ndarray, k: int, per_video: int,
                  min_score: float | None, merge_margin: float | None) -> tuple[list[Hit], bool]:

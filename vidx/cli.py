@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shots", action="store_const", const=False, dest="shots",
                    help="do not detect shots (clips on a fixed grid; allows keyframe-only decoding)")
     p.add_argument("--shot-threshold", type=float, dest="shot_threshold")
+    p.add_argument("--no-tags", action="store_const", const=False, dest="tags", help="do not compute zero-shot tags")
+    p.add_argument("--labels", action="append", metavar="FILE",
+                   help="extra tag vocabulary file (one label per line; repeatable)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--embed-workers", type=int, dest="embed_workers")
     p.add_argument("--decode-workers", type=int, dest="decode_workers")
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="show the effective settings and where defaults come from")
     _add_common(p)
+
+    from vidx.scenes_cli import add_parsers as add_scene_parsers
+
+    add_scene_parsers(sub)
     return parser
 
 
@@ -92,6 +99,8 @@ _SETTING_NAMES = {f.name for f in dataclasses.fields(Settings)}
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     cli = {k: v for k, v in vars(args).items() if k in _SETTING_NAMES and v is not None}
+    if isinstance(cli.get("labels"), list):
+        cli["labels"] = os.pathsep.join(os.path.abspath(p) for p in cli["labels"])
     return load_settings(cli, config_path=args.config)
 
 
@@ -244,10 +253,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.searcher import SearchError
 
-    handlers = {"index": cmd_index, "search": cmd_search, "status": cmd_status, "config": cmd_config}
+    from indexer.tagging import VocabularyError
+    from vidx.scenes_cli import run_scenes, run_tags
+
+    handlers = {"index": cmd_index, "search": cmd_search, "status": cmd_status, "config": cmd_config,
+                "scenes": run_scenes, "tags": run_tags}
     try:
         return handlers[args.command](args)
-    except (ConfigError, ModelUnavailable, IndexError_, SearchError, FileNotFoundError) as exc:
+    except (ConfigError, ModelUnavailable, IndexError_, SearchError, VocabularyError, FileNotFoundError) as exc:
         print(f"vidx: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
