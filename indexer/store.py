@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS clips (
     snippet_times_s DOUBLE[]);
 CREATE TABLE IF NOT EXISTS clip_vectors (clip_id BIGINT, model_id VARCHAR, vector FLOAT[]);
 CREATE TABLE IF NOT EXISTS video_vectors (video_id BIGINT, model_id VARCHAR, vector FLOAT[]);
+CREATE TABLE IF NOT EXISTS shots (
+    shot_id BIGINT, video_id BIGINT, idx INTEGER, start_s DOUBLE, end_s DOUBLE,
+    start_frame BIGINT, end_frame BIGINT, transition VARCHAR);
+CREATE TABLE IF NOT EXISTS clip_tags (clip_id BIGINT, vocabulary VARCHAR, label VARCHAR, score DOUBLE);
+CREATE TABLE IF NOT EXISTS shot_tags (shot_id BIGINT, vocabulary VARCHAR, label VARCHAR, score DOUBLE);
+CREATE TABLE IF NOT EXISTS video_tags (video_id BIGINT, vocabulary VARCHAR, label VARCHAR, score DOUBLE);
+CREATE SEQUENCE IF NOT EXISTS shot_ids START 1;
 CREATE TABLE IF NOT EXISTS runs (
     run_id BIGINT, kind VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
     host VARCHAR, pid INTEGER, args VARCHAR, stats VARCHAR);
@@ -233,7 +240,8 @@ class IndexStore:
     def reset(self) -> None:
         """Drop every video, clip and vector (the model can then change)."""
         with self.transaction():
-            for table in ("clip_vectors", "video_vectors", "clips", "videos", "models"):
+            for table in ("clip_tags", "shot_tags", "video_tags", "shots", "clip_vectors", "video_vectors",
+                          "clips", "videos", "models"):
                 self.con.execute(f"DELETE FROM {table}")
             self.con.execute("DELETE FROM meta WHERE key = 'model_id'")
         for name in (vec.INDEX_FILE, vec.META_FILE):
@@ -294,8 +302,20 @@ class IndexStore:
                              "FROM clip_vectors v JOIN clip_map m ON v.clip_id = m.old_id")
             self.con.execute("INSERT INTO video_vectors SELECT ?, model_id, vector FROM video_vectors "
                              "WHERE video_id = ?", [new_id, source_id])
+            self.con.execute("INSERT INTO clip_tags SELECT m.new_id, t.vocabulary, t.label, t.score "
+                             "FROM clip_tags t JOIN clip_map m ON t.clip_id = m.old_id")
+            self.con.execute("CREATE TEMP TABLE shot_map AS SELECT shot_id AS old_id, nextval('shot_ids') AS new_id "
+                             "FROM shots WHERE video_id = ?", [source_id])
+            self.con.execute("INSERT INTO shots SELECT m.new_id, ?, s.idx, s.start_s, s.end_s, s.start_frame, "
+                             "s.end_frame, s.transition FROM shots s JOIN shot_map m ON s.shot_id = m.old_id",
+                             [new_id])
+            self.con.execute("INSERT INTO shot_tags SELECT m.new_id, t.vocabulary, t.label, t.score "
+                             "FROM shot_tags t JOIN shot_map m ON t.shot_id = m.old_id")
+            self.con.execute("INSERT INTO video_tags SELECT ?, vocabulary, label, score FROM video_tags "
+                             "WHERE video_id = ?", [new_id, source_id])
             ids = [r[0] for r in self.con.execute("SELECT new_id FROM clip_map ORDER BY new_id").fetchall()]
             self.con.execute("DROP TABLE clip_map")
+            self.con.execute("DROP TABLE shot_map")
         return ids
 
     def _video_columns(self) -> list[str]:
@@ -317,14 +337,20 @@ class IndexStore:
             "SELECT clip_id FROM clips WHERE video_id IN (SELECT video_id FROM del_videos)").fetchall()]
         self.con.execute("DELETE FROM clip_vectors WHERE clip_id IN "
                          "(SELECT clip_id FROM clips WHERE video_id IN (SELECT video_id FROM del_videos))")
+        self.con.execute("DELETE FROM clip_tags WHERE clip_id IN (SELECT clip_id FROM clips WHERE video_id IN "
+                         "(SELECT video_id FROM del_videos))")
         self.con.execute("DELETE FROM clips WHERE video_id IN (SELECT video_id FROM del_videos)")
         self.con.execute("DELETE FROM video_vectors WHERE video_id IN (SELECT video_id FROM del_videos)")
+        self.con.execute("DELETE FROM shot_tags WHERE shot_id IN (SELECT shot_id FROM shots WHERE video_id IN "
+                         "(SELECT video_id FROM del_videos))")
+        self.con.execute("DELETE FROM shots WHERE video_id IN (SELECT video_id FROM del_videos)")
+        self.con.execute("DELETE FROM video_tags WHERE video_id IN (SELECT video_id FROM del_videos)")
         self.con.execute("DELETE FROM videos WHERE video_id IN (SELECT video_id FROM del_videos)")
         self.con.execute("DROP TABLE del_videos")
         return clip_ids
 
     def commit_results(self, results: Sequence[VideoResult], params: IndexParams, run_id: int,
-                       ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+                       after_insert=None) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Write a batch of finished files in ONE transaction.
 
         A file already stored under the same path is replaced (its old clips go).
@@ -336,7 +362,7 @@ class IndexStore:
             paths = [r.file.path for r in results]
             old = self.con.execute("SELECT video_id FROM videos WHERE list_contains(?, path)", [paths]).fetchall()
             removed = self._delete_in_txn([r[0] for r in old]) if old else []
-            video_rows, clip_rows, vector_rows = [], [], []
+            video_rows, clip_rows, vector_rows, shot_rows = [], [], [], []
             for result in results:
                 video_id = _one(self.con.execute("SELECT nextval('video_ids')"))[0]
                 probe = result.probe
@@ -363,6 +389,9 @@ class IndexStore:
                     vector_rows.append((ids, mat))
                     new_ids.append(ids)
                     new_vecs.append(mat)
+                for i, shot in enumerate(result.shots):
+                    shot_rows.append((video_id, i, shot.start_s, shot.end_s, shot.start_frame,
+                                      shot.end_frame, shot.transition))
                 if result.video_vector is not None:
                     self.con.execute("INSERT INTO video_vectors VALUES (?, ?, ?)",
                                      [video_id, params.model_id, result.video_vector.astype(np.float32).tolist()])
@@ -370,6 +399,9 @@ class IndexStore:
                 cols = ", ".join(video_rows[0].keys())
                 self._insert_arrow("videos", pa.Table.from_pylist(video_rows),
                                    f"({cols}, first_seen_at, indexed_at)", f"{cols}, now(), now()")
+            if shot_rows:
+                self.con.executemany(
+                    "INSERT INTO shots VALUES (nextval('shot_ids'), ?, ?, ?, ?, ?, ?, ?)", shot_rows)
             if clip_rows:
                 clip_table = pa.table({
                     "clip_id": [r[0] for r in clip_rows], "video_id": [r[1] for r in clip_rows],
@@ -382,6 +414,8 @@ class IndexStore:
                     "clip_id": ids, "model_id": [params.model_id] * len(ids),
                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])})
                 self._insert_arrow("clip_vectors", vec_table, "", "clip_id, model_id, vector::FLOAT[]")
+            if after_insert is not None:  # e.g. tagging: in the same transaction as the rows
+                after_insert(self.con, [r["video_id"] for r in video_rows if r["status"] == "indexed"])
         ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
         mats = np.concatenate(new_vecs) if new_vecs else None
         return ids, mats, removed
@@ -413,7 +447,7 @@ class IndexStore:
 
     def load_vectors(self, batch_rows: int = 200_000):
         """Yield (ids, float32 matrix) batches of every clip vector, for (re)building FAISS."""
-        reader = self.con.sql("SELECT clip_id, vector FROM clip_vectors ORDER BY clip_id").fetch_arrow_reader(batch_rows)
+        reader = self.con.sql("SELECT clip_id, vector FROM clip_vectors ORDER BY clip_id").to_arrow_reader(batch_rows)
         for batch in reader:
             if batch.num_rows == 0:
                 continue
@@ -425,37 +459,57 @@ class IndexStore:
         row = _one(self.con.execute("SELECT dim FROM models WHERE model_id = ?", [self.index_model()]))
         return int(row[0]) if row else None
 
-    def build_faiss(self):
-        """A fresh exact FAISS index of every vector in DuckDB."""
-        dim = self.vector_dim()
-        if dim is None:
-            return None
-        index = vec.new_flat_index(dim)
-        for ids, mat in self.load_vectors():
-            index.add_with_ids(mat, ids)
+    def build_faiss(self, kind: str | None = None, settings=None):
+        """A fresh FAISS index of every vector in DuckDB (None when there are none).
+
+        ``kind`` "flat" or "ivf"; None chooses by size (``indexer.ann``), with the kind of
+        the index file before as the starting point of the hysteresis.
+        """
+        from indexer import ann
+
+        previous = ann.kind_from_meta(vec.read_meta(self.index_dir))
+        index, _ = ann.build(self, kind, settings, previous)
         return index
 
-    def load_faiss(self, rebuild_if_stale: bool = True):
-        """The FAISS index if it matches DuckDB; otherwise rebuilt from DuckDB (and saved if writable)."""
+    def load_faiss(self, rebuild_if_stale: bool = True, settings=None):
+        """The FAISS index if it matches DuckDB; otherwise repaired or rebuilt from DuckDB
+        (and saved if writable). Its search parameters (sidecar "ann") are attached for
+        ``vectors.search_index``."""
+        from indexer import ann
+
         model_id = self.index_model()
         if model_id is None:
             return None
         meta = vec.read_meta(self.index_dir)
         checksum = self.id_checksum()
-        if meta and meta.get("model_id") == model_id and meta.get("checksum") == checksum.__dict__:
+        same_model = bool(meta) and meta.get("model_id") == model_id
+        index = None
+        if same_model and meta.get("checksum") == checksum.__dict__:
             index = vec.read_index(self.index_dir)
             if index is not None and index.ntotal == checksum.count:
+                vec.attach_ann_info(index, meta.get("ann"))
                 return index
         if not rebuild_if_stale:
             return None
-        log.info("FAISS index of %s does not match DuckDB; rebuilding it from DuckDB", self.index_dir)
-        index = self.build_faiss()
+        if same_model:
+            stale = index if index is not None else vec.read_index(self.index_dir)
+            if stale is not None:
+                vec.attach_ann_info(stale, meta.get("ann"))
+                index = ann.repair(self, stale)
+        if index is None:
+            log.info("FAISS index of %s does not match DuckDB; rebuilding it from DuckDB", self.index_dir)
+            index = self.build_faiss(settings=settings)
+        elif not self.read_only:
+            index = ann.maybe_rebuild(self, index, settings)
         if not self.read_only and index is not None:
-            vec.write_index(index, self.index_dir, model_id, checksum)
+            self.save_faiss(index)
         return index
 
     def save_faiss(self, index) -> None:
-        vec.write_index(index, self.index_dir, self.index_model() or "", self.id_checksum())
+        from indexer import ann
+
+        vec.write_index(index, self.index_dir, self.index_model() or "", self.id_checksum(),
+                        extra={"ann": ann.meta_for_save(index, self.index_dir)})
 
     # -- status ------------------------------------------------------------------------
     def status(self) -> dict:
@@ -487,3 +541,46 @@ class IndexStore:
                 "finished_at": str(last_run[3]) if last_run[3] else None, "status": last_run[4],
                 "stats": json.loads(last_run[5]) if last_run[5] else None},
         }
+
+    # -- vectors for the ANN index (indexer.ann) -------------------------------------------
+    def scan_vectors(self, batch_rows: int = 100_000):
+        """Yield (ids, float32 matrix) batches of every clip vector, in storage order (no sort)."""
+        reader = self.con.sql("SELECT clip_id, vector FROM clip_vectors").to_arrow_reader(batch_rows)
+        for batch in reader:
+            if batch.num_rows:
+                yield self._ids_and_matrix(batch.column(0), batch.column(1))
+
+    def sample_vectors(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, matrix) of a reproducible random sample of ``n`` clip vectors (all when fewer)."""
+        table = self.con.sql(
+            f"SELECT clip_id, vector FROM clip_vectors USING SAMPLE reservoir({int(n)} ROWS) "
+            f"REPEATABLE ({int(seed)})").to_arrow_table()
+        return self._ids_and_matrix(table.column(0), table.column(1))
+
+    def fetch_vectors(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """(found ids, matrix) of the stored vectors of ``ids``; a ``vector_source`` for search_index."""
+        wanted = pa.table({"clip_id": pa.array(np.asarray(ids, dtype=np.int64))})
+        self.con.register("_vidx_wanted", wanted)
+        try:
+            table = self.con.sql("SELECT clip_id, vector FROM clip_vectors WHERE clip_id IN "
+                                     "(SELECT clip_id FROM _vidx_wanted)").to_arrow_table()
+        finally:
+            self.con.unregister("_vidx_wanted")
+        return self._ids_and_matrix(table.column(0), table.column(1))
+
+    def clip_vector_ids(self) -> np.ndarray:
+        """Every clip id that has a vector (unordered)."""
+        col = self.con.sql("SELECT clip_id FROM clip_vectors").to_arrow_table().column(0)
+        return col.to_numpy().astype(np.int64)
+
+    @staticmethod
+    def _ids_and_matrix(id_col, vector_col) -> tuple[np.ndarray, np.ndarray]:
+        """Arrow (clip_id, FLOAT[] vector) columns -> (int64 ids, float32 matrix)."""
+        if isinstance(id_col, pa.ChunkedArray):
+            id_col = id_col.combine_chunks()
+            vector_col = vector_col.combine_chunks()
+        ids = np.asarray(id_col.to_numpy(zero_copy_only=False), dtype=np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, 0), np.float32)
+        flat = vector_col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        return ids, flat.reshape(len(ids), -1)
