@@ -385,8 +385,11 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
         planner.add_cuts(detector.finish())
         frame_s = 1.0 / probe.avg_fps if probe.avg_fps else 0.0
         end_s = last[0] + frame_s
-        if stats.stopped_early is None and stats.packet_errors == 0:
-            end_s = max(end_s, probe.duration_s)  # the last frame is shown until the end
+        if probe.duration_s > 0 and (end_s > probe.duration_s or
+                                     (stats.stopped_early is None and stats.packet_errors == 0)):
+            # The stored duration is the timeline: the last frame is shown until its end, and
+            # frames stamped past it (rounded headers) belong to the last clip, not a new one.
+            end_s = probe.duration_s
         take(planner.finish(end_s))
         yield from flush(final=True)
         if shots_out is not None:

@@ -178,13 +178,34 @@ class IndexStore:
         os.makedirs(self.index_dir, exist_ok=True)
         self._lock.acquire()
         try:
-            self.con = duckdb.connect(self.db_path)
+            self.con = self._connect_writable()
             self.con.execute(_SCHEMA)
             self._init_version()
+            # We hold the writer lock, so a run still marked running died (kill -9, power loss).
+            self.con.execute("UPDATE runs SET status = 'aborted', finished_at = now() WHERE status = 'running'")
+            for name in os.listdir(self.index_dir):
+                if ".tmp" in name and name.startswith((vec.INDEX_FILE, vec.META_FILE)):
+                    os.remove(os.path.join(self.index_dir, name))  # half-written by a killed run
         except BaseException:
             self._lock.release()
             raise
         return self
+
+    def _connect_writable(self, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+        """Open DuckDB for writing; a reader (search, status) holds it only briefly, so wait a little."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return duckdb.connect(self.db_path)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() > deadline:
+                    holder = str(exc).split("PID")[-1].strip().split()[0] if "PID" in str(exc) else "?"
+                    raise IndexLocked(
+                        f"index {self.index_dir} is open in another process (pid {holder}), e.g. a "
+                        f"search, 'vidx status' or a notebook; close it and run this again") from None
+                time.sleep(0.2)
 
     def close(self) -> None:
         if self.con is not None:

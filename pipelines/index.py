@@ -22,7 +22,6 @@ import signal
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -168,29 +167,34 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
         summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
     summary.failed += len(plan.unreadable)
 
-    faiss_index = None
-    removed = _apply_plan_without_decoding(store, plan, summary)
+    if plan.to_index and spec is None:
+        # Weights must be there before anything starts: fail in seconds, not after Ray is up.
+        spec = resolve_model(settings.model, settings.pretrained)
+        store.check_model(spec.model_id)
+    # FAISS is loaded (and verified against DuckDB) before DuckDB changes, so the changes
+    # below are applied to it exactly once.
+    changes = bool(plan.deleted or plan.copies or plan.to_index)
+    faiss_index = store.load_faiss() if changes else None
     added_ids: list[np.ndarray] = []
-    for source_id, f in plan.copies:
+    for source_id, f in plan.copies:  # before deletes: a swap copies from rows it then deletes
         ids = store.copy_video(source_id, f)
         summary.copied += 1
         if ids:
             added_ids.append(np.array(ids, np.int64))
-
-    if plan.to_index:
-        faiss_index = store.load_faiss()
+    removed = _apply_plan_without_decoding(store, plan, summary)
+    if faiss_index is not None:
         faiss_index = _remove_ids(faiss_index, removed)
         faiss_index = _add_ids_from_store(store, faiss_index, added_ids)
+    elif added_ids:
+        faiss_index = store.build_faiss()
+
+    if plan.to_index:
         return _index_with_ray(store, plan, spec, settings, summary, faiss_index, show_progress)
 
     # Nothing to decode: keep FAISS in step with the renames/deletes/copies, or verify it.
-    if removed or added_ids:
-        faiss_index = store.load_faiss()
-        faiss_index = _remove_ids(faiss_index, removed)
-        faiss_index = _add_ids_from_store(store, faiss_index, added_ids)
-        if faiss_index is not None:
-            store.save_faiss(faiss_index)
-    else:
+    if changes and faiss_index is not None:
+        store.save_faiss(faiss_index)
+    elif not changes:
         store.load_faiss()  # cheap checksum check; rebuilds only when out of step with DuckDB
     return "ok"
 
@@ -226,20 +230,14 @@ def _add_ids_from_store(store: IndexStore, index, id_arrays: list[np.ndarray]):
     return index
 
 
-def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, settings: Settings,
+def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, settings: Settings,
                     summary: IndexSummary, faiss_index, show_progress: bool) -> str:
     import ray
 
     total_cpus = os.cpu_count() or 1
-    resolving = None
-    if spec is None:  # resolve the weights while Ray starts (both take seconds)
-        resolving = ThreadPoolExecutor(1).submit(resolve_model, settings.model, settings.pretrained)
     log.info("starting Ray (%s)", settings.ray_address or "embedded")
     with ray_session(settings.ray_address, num_cpus=None) as resources:
         log.info("Ray up: %s", {k: v for k, v in resources.items() if k in ("CPU", "GPU")})
-        if resolving is not None:
-            spec = resolving.result()  # ModelUnavailable surfaces here, before any decoding
-            store.check_model(spec.model_id)
         warn_if_random(spec)
         params = IndexParams(spec.model_id, settings.clip_s, settings.snippets, settings.clip_recipe)
         cluster_cpus = int(resources.get("CPU", total_cpus))

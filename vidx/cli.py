@@ -88,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show the effective settings and where defaults come from")
     _add_common(p)
 
+    from vidx import moderate_cli
     from vidx.scenes_cli import add_parsers as add_scene_parsers
 
     add_scene_parsers(sub)
+    moderate_cli.add_parser(sub)
     return parser
 
 
@@ -258,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"index": cmd_index, "search": cmd_search, "status": cmd_status, "config": cmd_config,
                 "scenes": run_scenes, "tags": run_tags}
+    if args.command == "moderate":  # cron exit codes (0/1/2) are its own: no shared handler
+        from vidx import moderate_cli
+
+        return moderate_cli.run(args)
     try:
         return handlers[args.command](args)
     except (ConfigError, ModelUnavailable, IndexError_, SearchError, VocabularyError, FileNotFoundError) as exc:

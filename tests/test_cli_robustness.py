@@ -1,0 +1,253 @@
+"""A writer that dies, is interrupted, or meets another process: the index stays whole.
+
+All tests share one set of 25 generated videos (320x180, 3-6 s) and one clean reference run
+over a copy of them (module fixtures). They index with ``--embed-workers 1 --clip-s 1`` and
+commit every 0.5 s (``VIDX_COMMIT_EVERY_S``), so a run makes several commits a test can land
+between. Progress is observed from outside through the FAISS sidecar (``clips.faiss.json``,
+written atomically after each commit when ``VIDX_FAISS_FLUSH_S=0``): DuckDB itself cannot be
+opened, even read-only, while the writer holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_video
+from test_cli_support import (Result, assert_all_gone, assert_index_consistent, cli_env, clips_by_path, connect,
+                              descendants, faiss_meta_ntotal, index_args, kill_group, popen_vidx, query,
+                              ray_tmp, run_vidx, vectors, videos, wait_for)  # noqa: F401
+
+N_VIDEOS = 25
+ARGS = ("--embed-workers", "1", "--clip-s", "1")
+SOURCES = ("testsrc2", "testsrc", "smptebars", "mandelbrot", "rgbtestsrc", "cellauto", "life")
+
+
+def _env(ray_dir, **extra):
+    return cli_env(ray_dir, VIDX_COMMIT_EVERY_S="0.5", **extra)
+
+
+@pytest.fixture(scope="module")
+def corpus25(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus25")
+    for i in range(N_VIDEOS):
+        make_video(folder / f"v{i:02d}.mp4", f"{SOURCES[i % len(SOURCES)]}=size=320x180:rate=30",
+                   duration_s=3 + (i % 4))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def module_ray_tmp():
+    d = tempfile.mkdtemp(prefix="vxr", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _copy(corpus: Path, dest: Path) -> Path:
+    shutil.copytree(corpus, dest)
+    return dest
+
+
+def _per_video(db: Path) -> dict[str, dict]:
+    """basename -> {"clips": [(idx, start, end)], "vectors": array (n_clips, dim)}."""
+    vecs = vectors(db)
+    out = {}
+    for path, clips in clips_by_path(db).items():
+        out[os.path.basename(path)] = {"clips": [c[1:] for c in clips],
+                                       "vectors": np.stack([vecs[c[0]] for c in clips])}
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(corpus25, tmp_path_factory, module_ray_tmp):
+    """A clean run over the 25 videos; while it runs, a second writer and a reader try the index."""
+    root = tmp_path_factory.mktemp("reference")
+    folder = _copy(corpus25, root / "videos")
+    db = root / "index"
+    env = _env(module_ray_tmp)
+    t0 = time.monotonic()
+    first = popen_vidx(index_args([folder], db, *ARGS), env)
+    try:
+        # The writer holds writer.lock (naming itself) and has DuckDB open (the WAL exists).
+        wait_for(lambda: (db / "writer.lock").exists() and f"vidx pid {first.pid}" in
+                 (db / "writer.lock").read_text() and (db / "vidx.duckdb.wal").exists(),
+                 first, 120, "the first writer to hold the index")
+        second = run_vidx(index_args([folder], db, *ARGS), env, timeout=120)
+        reader = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
+        first_running_after = first.poll() is None
+        out, err = first.communicate(timeout=420)
+    finally:
+        kill_group(first)
+    res = Result(first.returncode, out, err, time.monotonic() - t0)
+    assert res.rc == 0, res.describe()
+    assert res.json["indexed"] == N_VIDEOS, res.json
+    return {"db": db, "folder": folder, "result": res, "per_video": _per_video(db), "second": second,
+            "reader": reader, "first_pid": first.pid, "first_running_after": first_running_after}
+
+
+def _assert_matches_reference(db: Path, reference: dict, names: list[str] | None = None) -> None:
+    """Committed videos hold exactly the clips and (up to float noise) the vectors of a clean run."""
+    ref = reference["per_video"]
+    got = _per_video(db)
+    for name in (names if names is not None else sorted(got)):
+        assert name in got, f"{name} has no clips"
+        assert got[name]["clips"] == ref[name]["clips"], f"{name}: clips differ from a clean run"
+        np.testing.assert_allclose(got[name]["vectors"], ref[name]["vectors"], atol=1e-4,
+                                   err_msg=f"{name}: vectors differ from a clean run")
+
+
+def _assert_complete(db: Path, folder: Path, reference: dict) -> None:
+    rows = videos(db)
+    assert sorted(rows) == sorted(str(p) for p in folder.iterdir()), "videos rows != files"
+    assert {r["status"] for r in rows.values()} == {"indexed"}, \
+        {p: (r["status"], r["error"]) for p, r in rows.items() if r["status"] != "indexed"}
+    assert_index_consistent(db)
+    _assert_matches_reference(db, reference, sorted(reference["per_video"]))
+
+
+# -- lock ------------------------------------------------------------------------------------------
+
+def test_second_writer_is_refused_while_first_runs(reference):
+    second, reader = reference["second"], reference["reader"]
+    assert reference["first_running_after"], "the first run ended before the lock could be tested"
+    assert second.rc == 1, second.describe()
+    assert second.wall_s < 15, f"the refused writer took {second.wall_s:.1f} s"
+    assert "being written" in second.stderr and f"pid {reference['first_pid']}" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert second.stdout.strip() == ""
+    # a reader is refused too, with a message, while the writer holds DuckDB
+    assert reader.rc == 1, reader.describe()
+    assert "being written" in reader.stderr and "Traceback" not in reader.stderr, reader.stderr
+    # ... and the first run was not disturbed: complete, one run row, consistent
+    db = reference["db"]
+    _assert_complete(db, reference["folder"], reference)
+    assert query(db, "SELECT status FROM runs") == [("ok",)], "the refused writer left a run row"
+
+
+def test_writer_refused_cleanly_while_a_reader_has_the_index_open(tmp_path, ray_tmp):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    db = tmp_path / "index"
+    env = cli_env(ray_tmp)
+    created = run_vidx(index_args([empty], db), env)  # an empty index; no Ray, no model needed
+    assert created.rc == 0, created.describe()
+    con = connect(db)  # what 'vidx status' and the Searcher hold while they read
+    try:
+        res = run_vidx(index_args([empty], db), env, timeout=120)
+    finally:
+        con.close()
+    assert res.rc == 1, res.describe()
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("vidx: error:") and str(db) in res.stderr, res.stderr
+
+
+# -- kill -9 ---------------------------------------------------------------------------------------
+
+def _kill_after_commit(proc, db: Path, more_than: int, rng: random.Random) -> tuple[float, list]:
+    """Wait for a FAISS flush holding more than ``more_than`` clips, wait a random moment, SIGKILL the group."""
+    wait_for(lambda: faiss_meta_ntotal(db) > more_than, proc, 300, f"a commit beyond {more_than} clips")
+    delay = rng.uniform(0.0, 0.4)
+    time.sleep(delay)
+    procs = descendants(proc.pid)
+    kill_group(proc, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    return delay, procs
+
+
+@pytest.mark.slow
+def test_kill_9_twice_then_resume(corpus25, reference, tmp_path, ray_tmp):
+    rng = random.Random(os.getpid())
+    folder = _copy(corpus25, tmp_path / "videos")
+    db = tmp_path / "index"
+    env = _env(ray_tmp, VIDX_FAISS_FLUSH_S="0")
+    args = index_args([folder], db, *ARGS)
+
+    # first kill: just after the first commit
+    p1 = popen_vidx(args, env)
+    try:
+        delay1, procs1 = _kill_after_commit(p1, db, 0, rng)
+    finally:
+        kill_group(p1)
+    assert p1.returncode == -signal.SIGKILL
+    assert_all_gone(procs1)  # raylet, gcs, workers: nothing of the killed run survives
+    n1 = query(db, "SELECT count(*) FROM videos")[0][0]
+    assert 0 < n1 < N_VIDEOS, f"kill 1 (+{delay1:.2f} s) did not land mid-run: {n1} videos committed"
+    assert_index_consistent(db, check_faiss=False)  # FAISS may lag DuckDB after a crash
+    _assert_matches_reference(db, reference)  # every committed video is whole
+    clips1 = query(db, "SELECT count(*) FROM clips")[0][0]
+    stale = tmp_path / "stale-faiss"
+    stale.mkdir()
+    for f in ("clips.faiss", "clips.faiss.json"):
+        if (db / f).exists():
+            shutil.copy2(db / f, stale / f)
+
+    # second kill: in the middle of the resumed run (half of the remaining clips committed)
+    total = reference["result"].json["clips_added"]
+    p2 = popen_vidx(args, env)
+    try:
+        delay2, procs2 = _kill_after_commit(p2, db, clips1 + (total - clips1) // 2, rng)
+    finally:
+        kill_group(p2)
+    assert_all_gone(procs2)
+    n2 = query(db, "SELECT count(*) FROM videos")[0][0]
+    assert n1 < n2 <= N_VIDEOS, f"kill 2 (+{delay2:.2f} s): {n1} -> {n2} videos"
+    assert_index_consistent(db, check_faiss=False)
+    _assert_matches_reference(db, reference)
+
+    # A FAISS file older than DuckDB (as after a crash between a commit and a flush) must be repaired.
+    for f in ("clips.faiss", "clips.faiss.json"):
+        if (stale / f).exists():
+            shutil.copy2(stale / f, db / f)
+
+    final = run_vidx(args, env)
+    assert final.rc == 0, final.describe()
+    s = final.json
+    assert (s["indexed"], s["unchanged"], s["failed"]) == (N_VIDEOS - n2, n2, 0), s
+    _assert_complete(db, folder, reference)
+    assert sum(len(v["clips"]) for v in _per_video(db).values()) == total
+    assert [r[0] for r in query(db, "SELECT status FROM runs ORDER BY run_id")][-1] == "ok"
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_videos_and_rerun_completes(corpus25, reference, tmp_path, ray_tmp):
+    folder = _copy(corpus25, tmp_path / "videos")
+    db = tmp_path / "index"
+    env = _env(ray_tmp, VIDX_FAISS_FLUSH_S="0")
+    args = index_args([folder], db, *ARGS)
+    proc = popen_vidx(args, env)
+    try:
+        total = reference["result"].json["clips_added"]
+        wait_for(lambda: faiss_meta_ntotal(db) > total // 3, proc, 300, "a third of the clips committed")
+        procs = descendants(proc.pid)
+        kill_group(proc, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130, f"rc={proc.returncode}\n{err[-3000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    assert_all_gone(procs)
+    summary = Result(proc.returncode, out, err, 0).json
+    assert summary["status"] == "interrupted"
+    n = query(db, "SELECT count(*) FROM videos")[0][0]
+    assert 0 < n < N_VIDEOS, f"{n} videos committed"
+    assert summary["indexed"] == n, "the summary does not count what was committed"
+    assert query(db, "SELECT status FROM runs") == [("interrupted",)]
+    assert_index_consistent(db)  # an orderly stop flushes FAISS too
+    _assert_matches_reference(db, reference)
+
+    again = run_vidx(args, env)
+    assert again.rc == 0, again.describe()
+    s = again.json
+    assert (s["indexed"], s["unchanged"], s["status"]) == (N_VIDEOS - n, n, "ok"), s
+    _assert_complete(db, folder, reference)
+    assert [r[0] for r in query(db, "SELECT status FROM runs ORDER BY run_id")] == ["interrupted", "ok"]
