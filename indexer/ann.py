@@ -1,32 +1,39 @@
 """Which FAISS index the archive gets, by size: choosing, building, tuning, switching.
 
 * Below ``ann_threshold`` vectors: ``flat`` = ``IndexIDMap2(IndexFlatIP)``, exact.
-* From ``ann_threshold`` up: ``ivf`` = ``IVF{nlist},SQ8`` with inner product
-  (about 520 bytes per vector: 512 one-byte codes + an 8-byte id). It is trained
-  on a sample of the vectors in DuckDB, filled from DuckDB, and its ``nprobe``
-  is tuned at build time: the smallest value whose recall@10 against exact
-  search reaches ``ann_target_recall`` on held-out queries (stored vectors that
-  were not in the training sample, perturbed to cosine 0.9 / 0.7 / 0.5 / 0.35
-  of the original, so none is itself a stored vector). Type, nlist, nprobe,
-  training size and the measured recall go to the sidecar under ``"ann"``;
-  ``IndexStore.load_faiss`` attaches them to the loaded index and
-  ``vectors.search_index`` applies them.
+* From ``ann_threshold`` up: ``ivf`` = ``IVF{nlist},SQ8``, inner product, residual
+  8-bit codes (about 530 bytes per vector: 512 code bytes, an 8-byte id, list
+  overhead). It is trained on a sample of the vectors in DuckDB (40 per list) and
+  filled from DuckDB. Two search parameters are tuned at build time, each the
+  cheapest value whose recall@10 against exact search reaches
+  ``ann_target_recall`` + 0.01 for every kind of held-out query:
+    - ``nprobe``: lists visited by an unfiltered search;
+    - ``filter_factor``: allowed vectors scored by a filtered search, relative to
+      what an unfiltered search scores (see ``vectors.search_index``), tuned with
+      filters that keep ~1% of the ids (runs of consecutive clip ids = videos).
+  Held-out queries are stored vectors that were not in the training sample, moved
+  to cosine 0.7 / 0.5 / 0.35 of where they were (so none is itself a stored vector);
+  the three noise levels are the "kinds", so far queries count as much as near ones.
+  Type, nlist, both parameters, training size and the measured recalls go to the
+  sidecar under ``"ann"``; ``IndexStore.load_faiss`` attaches them to the loaded
+  index and ``vectors.search_index`` applies them.
 
 Switching is by count, with hysteresis: flat -> ivf at ``n >= ann_threshold``,
 ivf -> flat only below ``ann_threshold * (1 - ann_hysteresis)``; an ivf index is
-retrained (new nlist, centroids, nprobe) when the archive has grown
+retrained (new nlist, centroids, parameters) when the archive has grown
 ``ann_retrain_growth`` times since training. ``maybe_rebuild`` is the cheap check
-the indexing pipeline calls before each save; ``rebuild`` is
-``vidx rebuild-vectors``.
+the indexing pipeline calls before each save; ``rebuild`` is ``vidx rebuild-vectors``.
 
-The coarse quantizer is exact (flat), not HNSW: nlist is about sqrt(n) (1024 at
-1M vectors), where scoring every centroid costs ~0.1 ms per query, needs no
-efSearch tuning, and assigns vectors with BLAS while building, several times
-faster than an HNSW quantizer on a 2-core machine.
+nlist is a power of two near 4 * sqrt(n), at most 1024 (k-means of 40 * 1024
+points into 1024 lists takes ~10-15 s on 2 cores). The coarse quantizer is exact
+(flat), not HNSW: with at most 1024 centroids scoring all of them costs ~0.1 ms per
+query and needs no efSearch tuning, and assigning vectors while building uses BLAS,
+about 3x faster than through an HNSW32 quantizer on 2 cores (200k vectors: ~4.6 s vs
+12.8 s). Set ``ann_nlist`` for archives far beyond a few million vectors.
 
-Settings (read with ``getattr`` and these defaults):
+Settings (read with ``getattr`` and these defaults until indexer.config has them):
 ``ann_threshold=100_000``, ``ann_hysteresis=0.2``, ``ann_target_recall=0.95``,
-``ann_retrain_growth=2.0``, ``ann_nlist=0`` (0 = auto), ``ann_tune_queries=400``.
+``ann_retrain_growth=2.0``, ``ann_nlist=0`` (0 = auto), ``ann_tune_queries=600``.
 """
 
 from __future__ import annotations
@@ -50,9 +57,13 @@ KINDS = (KIND_FLAT, KIND_IVF)
 
 MIN_IVF_VECTORS = 2_000  # fewer than this cannot train a useful IVF; stays flat whatever the threshold
 TUNE_K = 10  # recall@10 is what is tuned
-TUNE_MARGIN = 0.005  # tune to target + margin: the held-out estimate has about this much noise
+TUNE_MARGIN = 0.01  # tune to target + margin: held-out queries are not the real ones; estimates are noisy
 TRAIN_POINTS_PER_LIST = 40  # k-means sample = 40 * nlist (faiss warns below 39)
-_NOISE_COSINES = (0.9, 0.7, 0.5, 0.35)  # held-out queries: cosine to the stored vector they come from
+_NOISE_COSINES = (0.7, 0.5, 0.35)  # held-out queries: cosine to the stored vector they come from
+FILTER_SUBSETS = 4  # filtered tuning: this many allowed sets, each ~1% of the ids ...
+FILTER_FRACTION = 0.01
+FILTER_BLOCK = 64  # ... made of runs of consecutive clip ids (clips of a video have consecutive ids)
+_FILTER_LADDER = (0.25, 0.35, 0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.5, 3.0, 4.0, 6.0, math.inf)
 _NPROBE_LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128,
                   160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 2048, 3072,
                   4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536)
@@ -64,8 +75,8 @@ class AnnSettings:
     hysteresis: float = 0.2  # ivf -> flat only below threshold * (1 - hysteresis)
     target_recall: float = 0.95  # recall@10 vs exact search that nprobe is tuned for
     retrain_growth: float = 2.0  # retrain ivf when the archive grew this much since training
-    nlist: int = 0  # IVF lists; 0 = power of two nearest sqrt(n)
-    tune_queries: int = 400  # held-out queries used to tune nprobe
+    nlist: int = 0  # IVF lists; 0 = auto_nlist(n)
+    tune_queries: int = 600  # held-out queries used to tune nprobe and the filtered search
     seed: int = 1234
 
     @classmethod
@@ -116,11 +127,15 @@ def choose_kind(n: int, current: str | None, settings: AnnSettings) -> str:
     return KIND_IVF if n >= settings.threshold else KIND_FLAT
 
 
+MAX_AUTO_NLIST = 1024  # k-means of 40 * 1024 points into 1024 lists: ~10-15 s on 2 cores
+
+
 def auto_nlist(n: int) -> int:
-    """A power of two near sqrt(n), with at least TRAIN_POINTS_PER_LIST vectors per list."""
-    nlist = 2 ** round(math.log2(max(math.sqrt(max(n, 1)), 1.0)))
-    nlist = min(nlist, 65_536, max(1, n // TRAIN_POINTS_PER_LIST))
-    return max(16, nlist) if n >= 16 * TRAIN_POINTS_PER_LIST else max(1, nlist)
+    """A power of two near 4 * sqrt(n), at most MAX_AUTO_NLIST, with at least
+    TRAIN_POINTS_PER_LIST vectors per list. Finer lists help clustered data (clips of a video
+    sit together) and shrink the residuals the SQ8 codes quantize."""
+    nlist = 2 ** round(math.log2(max(4.0 * math.sqrt(max(n, 1)), 1.0)))
+    return int(max(1, min(nlist, MAX_AUTO_NLIST, n // TRAIN_POINTS_PER_LIST)))
 
 
 def rebuild_reason(index, settings: AnnSettings | None = None) -> str | None:
@@ -176,16 +191,18 @@ def build(store, kind: str | None = None, settings=None, previous_kind: str | No
     return index, report
 
 
-def _noisy_queries(source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Held-out queries: each source vector moved to a set cosine from where it was."""
+def _noisy_queries(source: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out queries: each source vector moved to a set cosine from where it was.
+
+    Returns (queries, level) with level the index into _NOISE_COSINES of each query."""
     n, d = source.shape
-    cos = np.resize(np.asarray(_NOISE_COSINES, np.float32), n)
-    rng.shuffle(cos)
+    level = np.resize(np.arange(len(_NOISE_COSINES)), n)
+    cos = np.asarray(_NOISE_COSINES, np.float32)[level]
     noise = rng.standard_normal((n, d)).astype(np.float32)
     noise -= (noise * source).sum(1, keepdims=True) * source  # orthogonal to the source
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     q = cos[:, None] * source + np.sqrt(1.0 - cos ** 2)[:, None] * noise
-    return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
+    return np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32), level
 
 
 class _TopK:
@@ -214,22 +231,44 @@ class _TopK:
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean fraction of each row of ``truth`` present in the same row of ``found``."""
     k = truth.shape[1]
-    hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found[:, :k], truth))
-    return hits / max(1, truth.size)
+    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found[:, :k], truth))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def _worst_group_recall(found: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """(lowest recall over the groups, overall recall)."""
+    per = [recall_at(found[groups == g], truth[groups == g]) for g in np.unique(groups)]
+    return min(per), recall_at(found, truth)
+
+
+def _filter_subsets(all_ids: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Allowed sets for tuning the filtered search: ~1% of the ids each, as runs of
+    consecutive ids (a video's clips have consecutive ids; filters select whole videos)."""
+    ids = np.sort(all_ids)
+    n_blocks = max(1, -(-len(ids) // FILTER_BLOCK))
+    take = max(1, round(FILTER_FRACTION * n_blocks))
+    subsets = []
+    for _ in range(FILTER_SUBSETS):
+        blocks = rng.choice(n_blocks, size=min(take, n_blocks), replace=False)
+        rows = (blocks[:, None] * FILTER_BLOCK + np.arange(FILTER_BLOCK)[None, :]).ravel()
+        subsets.append(ids[rows[rows < len(ids)]])
+    return subsets
 
 
 def _build_ivf(store, dim: int, n: int, s: AnnSettings):
     rng = np.random.default_rng(s.seed)
     nlist = s.nlist or auto_nlist(n)
-    n_tune = int(min(s.tune_queries, max(50, n // 50)))
+    n_tune = int(min(s.tune_queries, max(60, n // 50)))
     n_train = int(min(max(n - n_tune, 1), TRAIN_POINTS_PER_LIST * nlist))
     nlist = int(max(1, min(nlist, n_train // TRAIN_POINTS_PER_LIST or 1)))
     t0 = time.monotonic()
     _, sample = store.sample_vectors(n_train + n_tune, seed=s.seed)
     sample = sample[rng.permutation(len(sample))]
-    queries = _noisy_queries(sample[:n_tune], rng)
+    queries, level = _noisy_queries(sample[:n_tune], rng)
     train = sample[n_tune:]
     del sample
+    subsets = _filter_subsets(store.clip_vector_ids(), rng)
+    group = np.arange(n_tune) % len(subsets)  # which allowed set a query is tuned with
     t_sample = time.monotonic() - t0
 
     t0 = time.monotonic()
@@ -244,50 +283,94 @@ def _build_ivf(store, dim: int, n: int, s: AnnSettings):
 
     t0 = time.monotonic()
     truth = _TopK(queries, TUNE_K)
+    truth_f = [_TopK(queries[group == g], TUNE_K) for g in range(len(subsets))]
     for ids, mat in store.scan_vectors():
         index.add_with_ids(mat, ids)
         truth.update(ids, mat)
+        for sub, top in zip(subsets, truth_f):
+            keep = np.isin(ids, sub)
+            if keep.any():
+                top.update(ids[keep], mat[keep])
     t_add = time.monotonic() - t0
 
     t0 = time.monotonic()
-    nprobe, recall, curve, reached = tune_nprobe(index, queries, truth.ids, s.target_recall)
+    nprobe, recall, curve, reached = tune_nprobe(index, queries, truth.ids, level, s.target_recall)
     t_tune = time.monotonic() - t0
     if not reached:
         log.warning("ivf index: recall@%d %.3f at nprobe=%d is below the target %.3f (SQ8 codes limit it)",
                     TUNE_K, recall, nprobe, s.target_recall)
+    t0 = time.monotonic()
+    truth_fids = np.zeros((n_tune, TUNE_K), np.int64)
+    for g, top in enumerate(truth_f):
+        ids_g = np.full((top.ids.shape[0], TUNE_K), -1, np.int64)
+        ids_g[:, :top.ids.shape[1]] = top.ids
+        truth_fids[group == g] = ids_g
+    factor, f_recall, f_curve, f_reached = tune_filter_factor(index, queries, truth_fids, level, group, subsets,
+                                                              nprobe, s.target_recall)
+    t_tune_f = time.monotonic() - t0
     info = {
         "kind": KIND_IVF, "factory": f"IVF{nlist},SQ8", "metric": "inner_product", "quantizer": "flat",
-        "nlist": nlist, "nprobe": int(nprobe), "trained_n": int(n), "train_sample": int(n_train),
-        "tune_queries": int(n_tune), "target_recall": s.target_recall, "tuned_recall": round(recall, 4),
-        "target_reached": bool(reached), "recall_curve": [[int(p), round(r, 4)] for p, r in curve],
+        "nlist": nlist, "nprobe": int(nprobe), "filter_factor": None if math.isinf(factor) else factor,
+        "trained_n": int(n), "train_sample": int(n_train), "tune_queries": int(n_tune),
+        "target_recall": s.target_recall, "tuned_recall": round(recall, 4), "target_reached": bool(reached),
+        "tuned_filtered_recall": round(f_recall, 4), "filtered_target_reached": bool(f_reached),
+        "filter_tuning": f"{len(subsets)} allowed sets of ~{FILTER_FRACTION:.0%} of the ids",
+        "recall_curve": [[int(p), round(r, 4)] for p, r in curve],
+        "filter_curve": [[None if math.isinf(f) else f, round(r, 4)] for f, r in f_curve],
         "timings_s": {"sample": round(t_sample, 2), "train": round(t_train, 2), "add": round(t_add, 2),
-                      "tune": round(t_tune, 2)},
+                      "tune": round(t_tune, 2), "tune_filtered": round(t_tune_f, 2)},
     }
     ivf.nprobe = int(nprobe)
     return index, info
 
 
-def tune_nprobe(index, queries: np.ndarray, truth: np.ndarray, target: float):
-    """Smallest nprobe whose recall@k vs ``truth`` reaches target + margin.
+def tune_nprobe(index, queries: np.ndarray, truth: np.ndarray, groups: np.ndarray, target: float):
+    """Smallest nprobe whose recall@k vs ``truth`` reaches target + margin in every group of
+    queries (the noise levels: near and far queries alike).
 
-    Returns (nprobe, recall, curve [(nprobe, recall)], reached). nprobe is the whole
-    cost of a query (the coarse step is the same for every nprobe), so the smallest
+    Returns (nprobe, recall, curve [(nprobe, worst-group recall)], reached). nprobe is the
+    whole cost of a query (the coarse step is the same for every nprobe), so the smallest
     value that reaches the target is the cheapest setting.
     """
     ivf = vec.ivf_of(index)
-    ladder = [p for p in _NPROBE_LADDER if p < ivf.nlist] + [ivf.nlist]
-    curve: list[tuple[int, float]] = []
+    top = ivf.nlist if ivf.nlist < 512 else ivf.nlist // 4  # beyond a quarter of the lists: no gain, all cost
+    ladder = [p for p in _NPROBE_LADDER if p < top] + [top]
+    return _climb(ladder, lambda p: index.search(queries, truth.shape[1],
+                                                 params=faiss.SearchParametersIVF(nprobe=p))[1],
+                  truth, groups, target)
+
+
+def tune_filter_factor(index, queries: np.ndarray, truth: np.ndarray, groups: np.ndarray, subset_of: np.ndarray,
+                       subsets: list[np.ndarray], nprobe: int, target: float):
+    """Smallest filter_factor (allowed vectors scored under a filter, relative to an unfiltered
+    search) whose filtered recall@k reaches target + margin in every noise group."""
+    def run(factor: float) -> np.ndarray:
+        found = np.full(truth.shape, -1, np.int64)
+        for g, allowed in enumerate(subsets):
+            rows = subset_of == g
+            if rows.any():
+                _, ids = vec.search_index(index, queries[rows], truth.shape[1], allowed, nprobe=nprobe,
+                                          filter_factor=factor)
+                found[rows, :ids.shape[1]] = ids
+        return found
+
+    return _climb(list(_FILTER_LADDER), run, truth, groups, target)
+
+
+def _climb(ladder: list, search, truth: np.ndarray, groups: np.ndarray, target: float):
+    """Walk a ladder of ever costlier settings; the first whose worst-group recall reaches
+    target + margin wins; else the cheapest within 0.002 of the best seen."""
+    curve: list[tuple] = []
     goal = min(target + TUNE_MARGIN, 1.0)
-    for p in ladder:
-        _, found = index.search(queries, truth.shape[1], params=faiss.SearchParametersIVF(nprobe=p))
-        r = recall_at(found, truth)
-        curve.append((p, r))
-        if r >= goal:
-            return p, r, curve, True
+    for setting in ladder:
+        worst, overall = _worst_group_recall(search(setting), truth, groups)
+        curve.append((setting, worst))
+        if worst >= goal:
+            return setting, worst, curve, True
     best = max(r for _, r in curve)
-    for p, r in curve:  # the target is out of reach: the cheapest setting within 0.002 of the best
+    for setting, r in curve:
         if r >= best - 0.002:
-            return p, r, curve, r >= target
+            return setting, r, curve, r >= target
     return curve[-1][0], curve[-1][1], curve, False  # pragma: no cover
 
 
@@ -342,25 +425,28 @@ def rebuild(store, force_type: str | None = None, settings=None) -> dict:
 
 
 def repair(store, index):
-    """Bring a stale index (from the file) in line with DuckDB by removing/adding the difference.
-
-    Returns the index, or None when the difference is too large (rebuild instead) or the
-    result still does not match.
+    """Bring a stale index (from the file) in line with DuckDB, keeping its kind, training and
+    search parameters: remove/add the difference, or, when that is large, empty it and refill
+    it from DuckDB (no training or tuning). Returns the index, or None if it still does not match.
     """
     want = store.clip_vector_ids()
     have = vec.ids_of(index)
     missing = np.setdiff1d(want, have)
     extra = np.setdiff1d(have, want)
     if len(missing) > max(10_000, len(want) // 4) or len(have) != len(np.unique(have)):
-        return None
-    if len(extra):
-        index.remove_ids(extra)
-    if len(missing):
-        found, mat = store.fetch_vectors(missing)
-        index.add_with_ids(mat, found)
+        index.reset()
+        for ids, mat in store.scan_vectors():
+            index.add_with_ids(mat, ids)
+        log.info("FAISS index refilled from DuckDB (%d vectors)", index.ntotal)
+    else:
+        if len(extra):
+            index.remove_ids(extra)
+        if len(missing):
+            found, mat = store.fetch_vectors(missing)
+            index.add_with_ids(mat, found)
+        log.info("FAISS index repaired from DuckDB: %d added, %d removed", len(missing), len(extra))
     if vec.IdChecksum.of(vec.ids_of(index)) != store.id_checksum():
         return None
-    log.info("FAISS index repaired from DuckDB: %d added, %d removed", len(missing), len(extra))
     return index
 
 

@@ -52,6 +52,12 @@ class Settings:
     include_hidden: bool = False
     commit_every_s: float = 2.0  # DuckDB transaction cadence while indexing
     faiss_flush_s: float = 60.0  # FAISS file rewrite cadence (DuckDB is the truth)
+    ann_threshold: int = 100_000  # clips: above this the vector index is approximate (IVF-SQ8)
+    ann_hysteresis: float = 0.2  # back to exact below (1 - this) * threshold
+    ann_target_recall: float = 0.95  # recall@10 vs exact that the IVF parameters are tuned for
+    ann_retrain_growth: float = 2.0  # retrain the IVF index when the archive grew this much
+    ann_nlist: int = 0  # IVF lists; 0 chooses by size
+    ann_tune_queries: int = 600  # held-out queries used to tune nprobe at build time
     ray_address: str = ""  # "" starts Ray embedded; "auto" or host:port joins a cluster
     device: str = "auto"  # "auto" uses a GPU in the model actor when Ray sees one
 

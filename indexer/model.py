@@ -303,3 +303,121 @@ def consensus(vectors: np.ndarray) -> np.ndarray:
     mean = vectors.astype(np.float32).mean(axis=0)
     norm = float(np.linalg.norm(mean))
     return mean / norm if norm > 0 else mean
+
+
+# -- fast text encoder for cold searches ---------------------------------------------------
+#
+# A search process needs only the text tower, but importing open_clip (and torchvision) and
+# building the whole model costs seconds on every cold `vidx search`. After the first full
+# load, the text tower is traced to TorchScript and cached per user and model; later
+# processes load it with torch alone and tokenize with open_clip's BPE tokenizer module,
+# loaded on its own (it has no package-relative imports), so open_clip is never imported.
+
+def _text_cache_path(model_id: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    key = hashlib.blake2b(model_id.encode(), digest_size=10).hexdigest()
+    return os.path.join(base, "vidx", "text", f"{key}.pt")
+
+
+class FastTextEncoder:
+    """A traced text tower plus the BPE tokenizer: ``encode_text`` like LoadedModel's."""
+
+    def __init__(self, module, tokenizer, context_length: int, model_id: str):
+        self.module, self.tokenizer, self.model_id = module, tokenizer, model_id
+        self.context_length = context_length
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(self.tokenizer(texts, context_length=self.context_length)).numpy()
+
+
+def _standalone_tokenizer():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "tokenizer.py")
+    name = "_vidx_open_clip_tokenizer"
+    if name not in sys.modules:
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name].SimpleTokenizer()
+
+
+def load_fast_text_encoder(model_id: str, threads: int = 0) -> FastTextEncoder | None:
+    """The cached traced text tower of ``model_id``, or None (then load the full model)."""
+    import json
+
+    path = _text_cache_path(model_id)
+    try:
+        with open(path + ".json") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if meta.get("model_id") != model_id or meta.get("tokenizer") != "simple":
+        return None
+    try:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream but works
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(path, map_location="cpu")
+        tokenizer = _standalone_tokenizer()
+    except Exception as exc:  # a damaged cache entry or another torch: fall back to open_clip
+        log.info("fast text encoder unavailable (%s); loading the full model", exc)
+        return None
+    if tokenizer is None:
+        return None
+    return FastTextEncoder(module.eval(), tokenizer, int(meta["context_length"]), model_id)
+
+
+def export_fast_text_encoder(model: "LoadedModel") -> str | None:
+    """Trace ``model``'s text tower into the per-user cache (CLIP BPE tokenizers only)."""
+    import json
+
+    import torch
+    from open_clip.tokenizer import SimpleTokenizer
+
+    if not isinstance(model.tokenizer, SimpleTokenizer) or model.device != "cpu":
+        return None
+    path = _text_cache_path(model.spec.model_id)
+    clip = model.model
+
+    class _Text(torch.nn.Module):
+        def __init__(self, clip_model):
+            super().__init__()
+            self.clip = clip_model
+
+        def forward(self, tokens):
+            return torch.nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    visual = getattr(clip, "visual", None)
+    try:
+        clip.visual = torch.nn.Identity()  # keep the image tower out of the traced file
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_Text(clip).eval(), model.tokenizer(["a photo of a cat"]),
+                                     check_trace=False)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        traced.save(tmp)
+        os.replace(tmp, path)
+        with open(tmp + ".json", "w") as fh:
+            json.dump({"model_id": model.spec.model_id, "tokenizer": "simple",
+                       "context_length": int(getattr(model.tokenizer, "context_length", 77))}, fh)
+        os.replace(tmp + ".json", path + ".json")
+        return path
+    except Exception as exc:  # tracing is an optimisation: never fail a search over it
+        log.info("could not cache a fast text encoder: %s", exc)
+        return None
+    finally:
+        if visual is not None:
+            clip.visual = visual

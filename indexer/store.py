@@ -554,7 +554,7 @@ class IndexStore:
             "clips": int(n_clips),
             "video_hours": round(float(hours), 3),
             "index_bytes": int(size),
-            "faiss": {"type": meta.get("type"), "ntotal": meta.get("ntotal"),
+            "faiss": {"type": meta.get("type"), "ntotal": meta.get("ntotal"), "ann": meta.get("ann"),
                       "in_sync": bool(meta) and meta.get("checksum") == self.id_checksum().__dict__},
             "failures": failures,
             "last_run": None if last_run is None else {

@@ -10,9 +10,10 @@ name and renamed, so a reader never sees a half-written index.
 Two kinds of index (chosen by archive size in ``indexer.ann``):
   * ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact inner product (= cosine);
   * ``ivf``: ``IVF{nlist},SQ8`` with inner product, ids stored in the lists.
-    Its search parameter (``nprobe``) is tuned at build time and recorded
-    under ``"ann"`` in the sidecar; ``attach_ann_info`` (called when the
-    index is loaded) hands it to ``search_index``, which applies it.
+    Its search parameters (``nprobe``, ``filter_factor``) are tuned at build
+    time and recorded under ``"ann"`` in the sidecar; ``attach_ann_info``
+    (called when the index is loaded) hands them to ``search_index``, which
+    applies them.
 """
 
 from __future__ import annotations
@@ -114,13 +115,12 @@ def read_index(index_dir: str) -> faiss.Index | None:
         return None  # damaged: the caller rebuilds from DuckDB
 
 
-
-
 # -- search ----------------------------------------------------------------------------
 
-# Up to this many allowed ids, an approximate index with a ``vector_source`` is
-# searched exactly over just those vectors (fetched, not decoded from SQ8 codes).
-EXACT_SUBSET_MAX = 20_000
+# Up to this many allowed ids, an approximate index with a ``vector_source`` is searched
+# exactly over just those vectors (fetched, e.g. from DuckDB: tens of ms, growing with the
+# archive), instead of over their SQ8 codes inside FAISS (about a millisecond).
+EXACT_SUBSET_MAX = 5_000
 
 # What the sidecar's "ann" entry says about an index object (nprobe, nlist, ...).
 # Keyed weakly by the Python object, which is the one the loader hands out.
@@ -186,7 +186,7 @@ FILTER_FACTOR = 1.0
 
 @dataclass
 class _ListMap:
-    """Which inverted list holds each id (and the centroids), so that a filtered search visits
+    """Which inverted list holds each id, so that a filtered search visits
     only lists that hold allowed ids. 2-4 bytes per id (dense) or 12 (sparse ids); built on
     the first filtered search and rebuilt when ``ntotal`` changes."""
 
@@ -194,7 +194,6 @@ class _ListMap:
     dense: np.ndarray | None  # list of id i at [i], -1 where none (ids up to a few x ntotal)
     sorted_ids: np.ndarray | None  # else: ids sorted, and their lists
     sorted_lists: np.ndarray | None
-    centroids: np.ndarray  # (nlist, d)
     mean_list_size: float
 
     def lists_of(self, ids: np.ndarray) -> np.ndarray:
@@ -237,8 +236,7 @@ def _list_map(index, ivf) -> _ListMap | None:
     else:
         order = np.argsort(ids, kind="stable")
         dense, sorted_ids, sorted_lists = None, ids[order], lists[order].astype(list_type)
-    centroids = faiss.rev_swig_ptr(quantizer.get_xb(), ivf.nlist * ivf.d).reshape(ivf.nlist, ivf.d).copy()
-    lmap = _ListMap(int(index.ntotal), dense, sorted_ids, sorted_lists, centroids, len(ids) / ivf.nlist)
+    lmap = _ListMap(int(index.ntotal), dense, sorted_ids, sorted_lists, len(ids) / ivf.nlist)
     _LIST_MAPS[index] = lmap
     return lmap
 
@@ -254,7 +252,9 @@ def _search_ivf_filtered(index, ivf, queries: np.ndarray, k: int, nprobe: int, a
     lmap = _list_map(index, ivf) if isinstance(ivf_index, faiss.IndexIVF) else None
     if lmap is None:  # a wrapped IVF or another coarse quantizer: probe more lists, selector only
         fraction = min(1.0, len(allowed) / index.ntotal)
-        return _search_ivf(index, ivf, queries, k, math.ceil(nprobe * max(filter_factor, 1.0) / fraction), sel)
+        probe = ivf.nlist if not math.isfinite(filter_factor) else \
+            min(ivf.nlist, math.ceil(nprobe * max(filter_factor, 1.0) / fraction))
+        return _search_ivf(index, ivf, queries, k, probe, sel)
     counts = np.bincount(lmap.lists_of(allowed), minlength=ivf.nlist)
     candidates = np.flatnonzero(counts)
     nq = len(queries)
@@ -262,11 +262,18 @@ def _search_ivf_filtered(index, ivf, queries: np.ndarray, k: int, nprobe: int, a
     labels = np.full((nq, k), -1, np.int64)
     if len(candidates) == 0:
         return dist, labels
-    coarse = (queries @ lmap.centroids.T)[:, candidates]  # inner product with the candidate centroids
-    order = np.argsort(-coarse, axis=1)
+    # The candidate lists scored by the coarse quantizer itself (numpy/BLAS for one query is
+    # slow when the CPUs are busy), best first.
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if len(candidates) < ivf.nlist:
+        bits = np.packbits(counts > 0, bitorder="little")
+        coarse, order = quantizer.search(queries, len(candidates),
+                                         params=faiss.SearchParameters(sel=faiss.IDSelectorBitmap(bits)))
+    else:
+        coarse, order = quantizer.search(queries, ivf.nlist)
     budget = max(float(filter_factor) * nprobe * lmap.mean_list_size, 2.0 * k)
     if math.isfinite(budget):
-        cum = np.cumsum(counts[candidates][order], axis=1)
+        cum = np.cumsum(counts[order], axis=1)
         probes = np.minimum(np.argmax(cum >= budget, axis=1) + 1, len(candidates))
         probes[cum[:, -1] < budget] = len(candidates)
         probes = np.maximum(probes, min(nprobe, len(candidates)))
@@ -274,8 +281,8 @@ def _search_ivf_filtered(index, ivf, queries: np.ndarray, k: int, nprobe: int, a
         probes = np.full(nq, len(candidates))
     while True:
         width = int(probes.max())
-        assign = np.ascontiguousarray(candidates[order[:, :width]], dtype=np.int64)
-        cdis = np.ascontiguousarray(np.take_along_axis(coarse, order[:, :width], axis=1), dtype=np.float32)
+        assign = np.ascontiguousarray(order[:, :width], dtype=np.int64)
+        cdis = np.ascontiguousarray(coarse[:, :width], dtype=np.float32)
         assign[np.arange(width)[None, :] >= probes[:, None]] = -1  # faiss skips list -1
         params = faiss.SearchParametersIVF(nprobe=width, sel=sel)
         ivf_index.search_preassigned_c(nq, faiss.swig_ptr(queries), k, faiss.swig_ptr(assign),

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from indexer import ann
 from indexer import vectors as vec
 from indexer.config import Settings
 from indexer.discover import discover_files
@@ -193,7 +194,7 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
 
     # Nothing to decode: keep FAISS in step with the renames/deletes/copies, or verify it.
     if changes and faiss_index is not None:
-        store.save_faiss(faiss_index)
+        store.save_faiss(ann.maybe_rebuild(store, faiss_index, settings))
     elif not changes:
         store.load_faiss()  # cheap checksum check; rebuilds only when out of step with DuckDB
     return "ok"
@@ -332,6 +333,8 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             done = []
         last_commit = time.monotonic()
         if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
+            # Exact below the size threshold, IVF above it (built/retrained when crossing).
+            faiss_index = model_ready.faiss_index = ann.maybe_rebuild(store, faiss_index, settings)
             store.save_faiss(faiss_index)
             last_flush = time.monotonic()
 

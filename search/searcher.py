@@ -122,6 +122,7 @@ class Searcher:
         self.index_dir = os.path.abspath(os.path.expanduser(index_dir))
         self._device, self._threads = device, threads
         self._model: LoadedModel | None = None
+        self._text_encoder = None  # cached traced text tower, when there is one
         with IndexStore(self.index_dir, read_only=True) as store:
             self.model_id = store.index_model()
             if self.model_id is None:
@@ -171,16 +172,34 @@ class Searcher:
             self._model = LoadedModel(spec, device=self._device, threads=self._threads)
         return self._model
 
+    @property
+    def text_encoder(self):
+        """Text side only: a cached traced text tower (fast cold start) or the full model."""
+        if self._model is not None:
+            return self._model
+        if self._text_encoder is None and self._device == "cpu":
+            from indexer.model import load_fast_text_encoder
+
+            self._text_encoder = load_fast_text_encoder(self.model_id, self._threads)
+        if self._text_encoder is not None:
+            return self._text_encoder
+        model = self.model
+        if self._device == "cpu":
+            from indexer.model import export_fast_text_encoder
+
+            export_fast_text_encoder(model)  # the next cold search skips open_clip
+        return model
+
     # -- queries ------------------------------------------------------------------------
     def embed_text(self, text: str) -> np.ndarray:
         text = validate_query(text)
-        n_tokens = _count_tokens(self.model, text)
-        limit = _context_length(self.model) - 2
+        n_tokens = _count_tokens(self.text_encoder, text)
+        limit = _context_length(self.text_encoder) - 2
         if n_tokens > limit:
             raise SearchError(f"query is {n_tokens} tokens long but the model reads at most {limit}; "
                               f"shorten it")
         prompts = [t.format(text) for t in PROMPT_TEMPLATES]
-        mean = self.model.encode_text(prompts).mean(axis=0)
+        mean = self.text_encoder.encode_text(prompts).mean(axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     def embed_image(self, image_path: str) -> np.ndarray:

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", action="append", dest="tags", help="only moments with this tag (repeatable)")
     p.add_argument("--player", choices=("ffplay", "mpv"), default="ffplay", help="player of the play command")
 
+    p = sub.add_parser("rebuild-vectors", help="rebuild the FAISS index from DuckDB (exact or IVF by size)")
+    _add_common(p)
+    p.add_argument("--type", choices=("auto", "flat", "ivf"), default="auto",
+                   help="index type: auto chooses by size (ann_threshold)")
+
     p = sub.add_parser("status", help="what the index holds, and the files that failed")
     _add_common(p)
 
@@ -202,6 +207,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rebuild_vectors(args: argparse.Namespace) -> int:
+    from indexer import ann
+    from indexer.store import IndexStore
+
+    settings = _settings_from(args)
+    with IndexStore(settings.index_dir) as store:
+        if store.index_model() is None:
+            raise ConfigError(f"index {settings.index_dir} holds no vectors yet; run 'vidx index FOLDER' first")
+        report = ann.rebuild(store, None if args.type == "auto" else args.type, settings)
+    if args.json:
+        _print_json(report)
+    else:
+        print(f"rebuilt {report.get('type')} index of {report.get('n')} vectors in {report.get('build_s', 0):.1f} s"
+              + (f"; nlist {report['nlist']}, nprobe {report['nprobe']}, tuned recall@10 "
+                 f"{report.get('tuned_recall')}" if report.get("nlist") else ""))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from indexer.store import IndexStore
 
@@ -259,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     from vidx.scenes_cli import run_scenes, run_tags
 
     handlers = {"index": cmd_index, "search": cmd_search, "status": cmd_status, "config": cmd_config,
+                "rebuild-vectors": cmd_rebuild_vectors,
                 "scenes": run_scenes, "tags": run_tags}
     if args.command == "moderate":  # cron exit codes (0/1/2) are its own: no shared handler
         from vidx import moderate_cli
