@@ -106,6 +106,7 @@ class _Catalog:
     video_mtime_ns: np.ndarray
     video_indexed_at: np.ndarray  # epoch seconds
     video_pos: dict[int, int] = field(default_factory=dict)
+    clip_video_pos: np.ndarray | None = None  # per clip row: position of its video (-1: none)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.clip_ids, ids)
@@ -158,6 +159,10 @@ class Searcher:
             video_mtime_ns=np.array([v[3] for v in videos], np.int64),
             video_indexed_at=np.array([v[4] for v in videos], np.float64))
         cat.video_pos = {int(v): i for i, v in enumerate(cat.video_ids)}
+        pos = np.searchsorted(cat.video_ids, cat.clip_video)
+        pos = np.clip(pos, 0, max(len(cat.video_ids) - 1, 0))
+        found = (cat.video_ids[pos] == cat.clip_video) if len(cat.video_ids) else np.zeros(len(pos), bool)
+        cat.clip_video_pos = np.where(found, pos, -1).astype(np.int64)
         return cat
 
     @property
@@ -284,8 +289,9 @@ class Searcher:
             ok &= cat.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
         if filters.indexed_since is not None:
             ok &= cat.video_indexed_at >= filters.indexed_since.timestamp()
-        videos = cat.video_ids[ok]
-        allowed = cat.clip_ids[np.isin(cat.clip_video, videos)]
+        # A gather through each clip's video position: O(clips) without sorting, ~1 ms at 1M.
+        ok_with_none = np.append(ok, False)  # index -1 (clip of no indexed video) -> False
+        allowed = cat.clip_ids[ok_with_none[cat.clip_video_pos]]
         if filters.tags:
             from indexer.tagging import clip_ids_with_tags
 
