@@ -81,6 +81,31 @@ def _convert(frame: av.VideoFrame, size: tuple[int, int], rotation_deg: int,
     return rgb
 
 
+def _decode_packet(packet: av.Packet, stats: DecodeStats, errors_in_row: list[int]) -> list | None:
+    """A packet's frames; [] when the decoder rejects it; None once too many fail in a row.
+
+    Damaged streams are decoded as far as they go: a bad packet is skipped, not fatal.
+    """
+    try:
+        frames = packet.decode()
+    except av.error.FFmpegError:
+        stats.packet_errors += 1
+        errors_in_row[0] += 1
+        if errors_in_row[0] >= _MAX_CONSECUTIVE_ERRORS:
+            stats.stopped_early = "too many undecodable packets in a row"
+            return None
+        return []
+    errors_in_row[0] = 0
+    return frames
+
+
+def _frame_time(frame: av.VideoFrame, probe: VideoProbe, t0: float, n_decoded: int) -> float:
+    """Seconds from the video's first frame; raw streams without timestamps count frames."""
+    if frame.pts is None or frame.time is None:
+        return (n_decoded / probe.avg_fps) if probe.avg_fps else 0.0
+    return frame.time - t0
+
+
 def keyframe_times(path: str, stream_index: int, t0: float, deadline: float) -> list[float] | None:
     """Presentation times of the keyframe packets (demux only, no decoding); None if unknown."""
     container = open_container(path)
@@ -171,7 +196,7 @@ def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...
         near_s = 3.0 / probe.avg_fps if probe.avg_fps else 0.2
         prev: tuple[float, av.VideoFrame] | None = None
         ti = 0  # next target index
-        consecutive_errors = 0
+        errors_in_row = [0]
         # The last frame lasts until the end of the video; frames that late still serve targets.
         for packet in container.demux(stream):
             if time.monotonic() > deadline:
@@ -196,21 +221,11 @@ def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...
                     if far != skipping_nonref:
                         stream.codec_context.skip_frame = "NONREF" if far else "DEFAULT"
                         skipping_nonref = far
-            try:
-                frames = packet.decode()
-                consecutive_errors = 0
-            except av.error.FFmpegError:
-                stats.packet_errors += 1
-                consecutive_errors += 1
-                if consecutive_errors >= _MAX_CONSECUTIVE_ERRORS:
-                    stats.stopped_early = "too many undecodable packets in a row"
-                    break
-                continue
+            frames = _decode_packet(packet, stats, errors_in_row)
+            if frames is None:
+                break
             for frame in frames:
-                if frame.pts is None or frame.time is None:
-                    t = (stats.frames_decoded / probe.avg_fps) if probe.avg_fps else 0.0
-                else:
-                    t = frame.time - t0
+                t = _frame_time(frame, probe, t0, stats.frames_decoded)
                 stats.frames_decoded += 1
                 stats.last_frame_s = max(stats.last_frame_s, t)
                 # Assign every target that lies before this frame to the nearer of prev and this.
@@ -340,25 +355,15 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
         stream.codec_context.thread_count = decode_threads
         t0 = probe.start_time_s
         next_candidate = float("-inf")
-        consecutive_errors = 0
+        errors_in_row = [0]
         for packet in container.demux(stream):
             if time.monotonic() > deadline:
                 raise DecodeTimeout(f"decoding did not finish within {timeout_s:.0f} s")
-            try:
-                frames = packet.decode()
-                consecutive_errors = 0
-            except av.error.FFmpegError:
-                stats.packet_errors += 1
-                consecutive_errors += 1
-                if consecutive_errors >= _MAX_CONSECUTIVE_ERRORS:
-                    stats.stopped_early = "too many undecodable packets in a row"
-                    break
-                continue
+            frames = _decode_packet(packet, stats, errors_in_row)
+            if frames is None:
+                break
             for frame in frames:
-                if frame.pts is None or frame.time is None:
-                    t = (stats.frames_decoded / probe.avg_fps) if probe.avg_fps else 0.0
-                else:
-                    t = frame.time - t0
+                t = _frame_time(frame, probe, t0, stats.frames_decoded)
                 if last is not None and t <= last[0]:
                     continue  # duplicate or out-of-order timestamp: keep times increasing
                 small = small_bgr(frame, det_w, small_fmt)

@@ -46,7 +46,6 @@ import json
 import math
 import os
 import re
-import socket
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from indexer.store import FileLock, IndexLocked
 import pyarrow as pa
 
 DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.toml"
@@ -550,7 +551,7 @@ class NudeNetScorer:
 # ============================================================================ lock
 
 
-class ScanLock:
+class ScanLock(FileLock):
     """``moderation.lock`` in the index directory: one moderation scan at a time.
 
     Separate from the indexer's ``writer.lock`` (which the scan also takes while it writes,
@@ -558,38 +559,17 @@ class ScanLock:
     """
 
     def __init__(self, index_dir: str):
-        self.path = os.path.join(index_dir, LOCK_FILE)
-        self._fh = None
+        super().__init__(os.path.join(index_dir, LOCK_FILE), holder="vidx moderate")
 
     def acquire(self) -> None:
-        fh = open(self.path, "a+")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise ModerationError(f"another moderation scan of {os.path.dirname(self.path)} is running "
-                                  f"({holder}); scans do not overlap: wait for it to finish") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"vidx moderate pid {os.getpid()} on {socket.gethostname()} since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-        fh.flush()
-        self._fh = fh
+            super().acquire()
+        except IndexLocked as exc:
+            raise ModerationError(str(exc)) from None
 
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
-
-    def __enter__(self) -> "ScanLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def locked_message(self, holder: str) -> str:
+        return (f"another moderation scan of {os.path.dirname(self.path)} is running "
+                f"({holder}); scans do not overlap: wait for it to finish")
 
 
 # ============================================================================ storage
@@ -1216,7 +1196,7 @@ def open_index(index_dir: str, write: bool):
     record scans and decisions. Errors name who holds the index; the CLI exits 2 on them."""
     import duckdb
 
-    from indexer.store import DB_FILE, IndexLocked, IndexMissing, IndexStore
+    from indexer.store import DB_FILE, IndexMissing, IndexStore
 
     db = os.path.join(index_dir, DB_FILE)
     if not os.path.exists(db):

@@ -116,12 +116,19 @@ class IndexParams:
     sampling: str
 
 
-class WriterLock:
-    """An exclusive flock on ``writer.lock``; the file names the holder for the error message."""
+class FileLock:
+    """An exclusive, non-blocking flock on a file that names its holder for error messages.
 
-    def __init__(self, index_dir: str):
-        self.path = os.path.join(index_dir, LOCK_FILE)
+    The kernel drops the lock when the holder dies (even by kill -9), so a crash never
+    leaves a stale lock behind.
+    """
+
+    def __init__(self, path: str, holder: str = "vidx"):
+        self.path, self.holder = path, holder
         self._fh = None
+
+    def locked_message(self, holder: str) -> str:
+        return f"{self.path} is locked by {holder}"
 
     def acquire(self) -> None:
         fh = open(self.path, "a+")
@@ -131,12 +138,11 @@ class WriterLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise IndexLocked(
-                f"index {os.path.dirname(self.path)} is being written by {holder}; wait for it to "
-                f"finish (or stop it), or use another index with --db") from None
+            raise IndexLocked(self.locked_message(holder)) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"vidx pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.write(f"{self.holder} pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
         fh.flush()
         self._fh = fh
 
@@ -145,6 +151,24 @@ class WriterLock:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+    def __enter__(self) -> "FileLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class WriterLock(FileLock):
+    """``writer.lock``: held by the one process writing an index."""
+
+    def __init__(self, index_dir: str):
+        super().__init__(os.path.join(index_dir, LOCK_FILE))
+
+    def locked_message(self, holder: str) -> str:
+        return (f"index {os.path.dirname(self.path)} is being written by {holder}; wait for it to "
+                f"finish (or stop it), or use another index with --db")
 
 
 class IndexStore:
