@@ -40,6 +40,15 @@ def plan_clips(duration_s: float, clip_s: float, cuts_s: Sequence[float] = ()) -
     return tuple(spans)
 
 
+def snippets_for(span: ClipSpan, k: int, clip_s: float | None) -> int:
+    """How many TSN segments a clip gets: K for a full ``clip_s`` clip, proportionally fewer
+    (at least 1) for a clip that a shot cut made shorter, so sampling density stays one
+    snippet per ``clip_s / K`` seconds instead of rising in fast-cut footage."""
+    if not clip_s:
+        return k
+    return max(1, min(k, math.ceil(span.duration_s / (clip_s / k) - 1e-6)))
+
+
 def snippet_times(span: ClipSpan, k: int) -> tuple[float, ...]:
     """Centre times of the K equal segments of ``span``."""
     seg = span.duration_s / k

@@ -24,7 +24,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from indexer.clips import snippet_times
+from indexer.clips import snippet_times, snippets_for
 from indexer.probe import ProbeFailure, open_container
 from indexer.types import ClipSpan, VideoProbe, VideoStatus
 
@@ -40,7 +40,7 @@ class DecodeTimeout(Exception):
 class SnippetChunk:
     """Consecutive clips of one video with their K snippet frames each.
 
-    ``frames`` has shape (len(spans) * K, H, W, 3), uint8 RGB, in clip order.
+    ``frames`` holds every clip's snippets in clip order (len(times_s[i]) for clip i), uint8 RGB.
     """
 
     spans: tuple[ClipSpan, ...]
@@ -130,7 +130,7 @@ def keyframe_times(path: str, stream_index: int, t0: float, deadline: float) -> 
 def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...], k: int,
                         short_side: int, sampling: str = "exact", timeout_s: float = 120.0,
                         chunk_frames: int = 48, decode_threads: int = 1,
-                        stats: DecodeStats | None = None) -> Iterator[SnippetChunk]:
+                        stats: DecodeStats | None = None, clip_s: float | None = None) -> Iterator[SnippetChunk]:
     """Yield chunks of clips with their snippet frames, decoding the file once.
 
     Raises DecodeTimeout when the time bound passes, ProbeFailure when not a
@@ -139,7 +139,7 @@ def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...
     stats = stats if stats is not None else DecodeStats()
     deadline = time.monotonic() + timeout_s
     size = target_size(probe, short_side)
-    clip_times = [snippet_times(span, k) for span in spans]
+    clip_times = [snippet_times(span, snippets_for(span, k, clip_s)) for span in spans]
     targets = sorted({t for times in clip_times for t in times})
     chosen: dict[float, np.ndarray] = {}
     clips_per_chunk = max(1, chunk_frames // k)
@@ -330,7 +330,7 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
     def take(spans: list[ClipSpan]) -> None:
         times_list = [c[0] for c in candidates]
         for span in spans:
-            times = snippet_times(span, k)
+            times = snippet_times(span, snippets_for(span, k, clip_s))
             frames = []
             for target in times:
                 j = bisect.bisect_left(times_list, target)

@@ -113,7 +113,8 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
                 notes.append("no duration; indexed as one clip")
             expected_clips = len(spans)
             chunks = iter_snippet_chunks(job.file.path, probe, spans, job.snippets, job.short_side,
-                                         job.sampling, timeout, job.chunk_frames, job.decode_threads, stats)
+                                         job.sampling, timeout, job.chunk_frames, job.decode_threads, stats,
+                                         clip_s=job.clip_s)
         for chunk in chunks:
             n_clips += len(chunk.spans)
             yield ChunkHeader(job.file.path, chunk.spans, chunk.times_s, probe)
@@ -141,11 +142,11 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
 
 
 def embed_chunk(model: LoadedModel, header: ChunkHeader, frames: np.ndarray, batch_size: int) -> EmbeddedChunk:
-    """Encode a chunk's snippet frames and reduce each clip's K snippets to one consensus vector."""
-    k = len(header.times_s[0])
+    """Encode a chunk's snippet frames and reduce each clip's snippets to one consensus vector."""
     snippet_vecs = model.encode_frames(frames, batch_size=batch_size)
-    per_clip = snippet_vecs.reshape(len(header.spans), k, -1)
-    vectors = np.stack([consensus(v) for v in per_clip]).astype(np.float32)
+    ends = np.cumsum([len(t) for t in header.times_s])
+    vectors = np.stack([consensus(snippet_vecs[end - len(t):end])
+                        for t, end in zip(header.times_s, ends)]).astype(np.float32)
     return EmbeddedChunk(header.spans, header.times_s, vectors, len(frames))
 
 

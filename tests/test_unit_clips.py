@@ -136,3 +136,11 @@ def test_snippet_times_inside_span_and_increasing():
         seg = span.duration_s / k
         assert times[0] - span.start_s == pytest.approx(seg / 2)
         assert span.end_s - times[-1] == pytest.approx(seg / 2)
+
+
+@pytest.mark.parametrize("duration,expected", [(5.0, 3), (3.4, 3), (3.3, 2), (2.5, 2), (1.67, 1), (0.4, 1)])
+def test_snippet_count_keeps_sampling_density_in_short_clips(duration, expected):
+    from indexer.clips import snippets_for
+
+    assert snippets_for(ClipSpan(0, 10.0, 10.0 + duration), 3, 5.0) == expected
+    assert snippets_for(ClipSpan(0, 0.0, duration), 3, None) == 3  # no clip_s: always K
