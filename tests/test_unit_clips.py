@@ -138,7 +138,7 @@ def test_snippet_times_inside_span_and_increasing():
         assert span.end_s - times[-1] == pytest.approx(seg / 2)
 
 
-@pytest.mark.parametrize("duration,expected", [(5.0, 3), (3.4, 3), (3.3, 2), (2.5, 2), (1.67, 1), (0.4, 1)])
+@pytest.mark.parametrize("duration,expected", [(5.0, 3), (3.4, 3), (3.3, 2), (2.5, 2), (1.6, 1), (1.7, 2), (0.4, 1)])
 def test_snippet_count_keeps_sampling_density_in_short_clips(duration, expected):
     from indexer.clips import snippets_for
 
