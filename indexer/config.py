@@ -59,6 +59,7 @@ class Settings:
     ann_nlist: int = 0  # IVF lists; 0 chooses by size
     ann_tune_queries: int = 600  # held-out queries used to tune nprobe at build time
     ray_address: str = ""  # "" starts Ray embedded; "auto" or host:port joins a cluster
+    executor: str = "ray"  # "ray", or "local": decode and embed in this process without Ray (one machine)
     device: str = "auto"  # "auto" uses a GPU in the model actor when Ray sees one
 
     @property
@@ -110,6 +111,10 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("snippets must be >= 1")
     if settings.sampling not in ("exact", "keyframe"):
         raise ConfigError(f"sampling must be 'exact' or 'keyframe', got {settings.sampling!r}")
+    if settings.executor not in ("ray", "local"):
+        raise ConfigError(f"executor must be 'ray' or 'local', got {settings.executor!r}")
+    if settings.executor == "local" and settings.ray_address:
+        raise ConfigError("executor 'local' runs on this machine only; drop ray_address (--ray-address)")
     if settings.batch_size < 1 or settings.embed_workers < 1:
         raise ConfigError("batch_size and embed_workers must be >= 1")
     return settings

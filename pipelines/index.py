@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 _CHUNK_FRAMES = 48  # frames per decode chunk: a few model batches, ~7 MB at 224 px
 _ACTOR_QUEUE = 3  # chunks in flight per model actor
 _DECODE_GRACE_S = 30.0  # beyond the in-task bound before the driver kills the worker
+_LOST_RETRIES = 2  # fresh starts of a file whose decode or frames were lost with a worker or node
+_ACTOR_REPLACEMENTS = 3  # new model actors per run once one died for good (restarts used up)
 
 
 @dataclass
@@ -190,6 +192,10 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
         faiss_index = store.build_faiss()
 
     if plan.to_index:
+        if settings.executor == "local":  # the same stages in this process, no Ray (pipelines/local.py)
+            from pipelines.local import index_with_local
+
+            return index_with_local(store, plan, spec, settings, summary, faiss_index, show_progress)
         return _index_with_ray(store, plan, spec, settings, summary, faiss_index, show_progress)
 
     # Nothing to decode: keep FAISS in step with the renames/deletes/copies, or verify it.
@@ -249,8 +255,10 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, settings
                                                 // n_actors)
         actor_cls = ray.remote(ModelActor).options(
             num_cpus=1, num_gpus=(1 if use_gpu else 0), max_restarts=2, max_task_retries=2)
-        actors = [actor_cls.remote(spec, "cuda" if use_gpu else "cpu", threads, settings.batch_size)
-                  for _ in range(n_actors)]
+        def make_actor():
+            return actor_cls.remote(spec, "cuda" if use_gpu else "cpu", threads, settings.batch_size)
+
+        actors = [make_actor() for _ in range(n_actors)]
         # Decoding starts now, while the actors load the model; the model's details (and any
         # failure to load it, which is systemic) are collected before the first commit.
         bank_ref = None
@@ -261,7 +269,7 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, settings
         decode_fn = ray.remote(_decode_stream).options(
             num_cpus=1, max_retries=1, num_returns="streaming", _generator_backpressure_num_objects=4)
         return _drive(store, plan, params, settings, summary, model_ready, actors, decode_fn,
-                      decode_slots, spec.image_size, show_progress)
+                      decode_slots, spec.image_size, show_progress, make_actor)
 
 
 class _ModelReady:
@@ -299,8 +307,9 @@ class _ModelReady:
 
 
 def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, actors, decode_fn,
-           decode_slots, image_size, show_progress) -> str:
+           decode_slots, image_size, show_progress, make_actor=None) -> str:
     import ray
+    from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayActorError
 
     jobs = deque(VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, image_size,
                           settings.decode_timeout_s, _CHUNK_FRAMES, shots=settings.shots and settings.sampling == "exact",
@@ -309,14 +318,47 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
     progress = Progress(len(jobs), sum(_expected_seconds(f) for f, _ in plan.to_index), enabled=show_progress)
     streams: dict = {}  # generator -> VideoAssembler
     waiting_frames: dict = {}  # generator -> ChunkHeader whose frames are the stream's next item
-    embeds: dict = {}  # ObjectRef -> (VideoAssembler, actor index)
+    embeds: dict = {}  # ObjectRef -> (VideoAssembler, actor index, actor, header, frames ref)
     actor_load = [0] * len(actors)
     live: list[VideoAssembler] = []  # every video started and not yet committed
     done: list[VideoResult] = []
     last_commit = last_flush = time.monotonic()
     status = "ok"
+    restarts: dict[str, int] = {}  # path -> fresh starts after its work was lost
+    replaced = 0  # model actors replaced in this run
+
+    def is_live(asm) -> bool:
+        return any(a is asm for a in live)
+
+    def submit_embed(asm, header, frames_ref) -> None:
+        ai = min(range(len(actors)), key=actor_load.__getitem__)
+        embeds[actors[ai].embed.remote(header, frames_ref)] = (asm, ai, actors[ai], header, frames_ref)
+        actor_load[ai] += 1
+
+    def restart(asm, exc) -> bool:
+        """Work of a file was lost with a worker or node (not the file's fault): start it again."""
+        path = asm.job.file.path
+        if restarts.get(path, 0) >= _LOST_RETRIES:
+            return False
+        restarts[path] = restarts.get(path, 0) + 1
+        for gen in [g for g, a in streams.items() if a is asm]:
+            ray.cancel(gen, force=True)
+            streams.pop(gen)
+            waiting_frames.pop(gen, None)
+        live[:] = [a for a in live if a is not asm]  # its chunks still in flight are ignored
+        jobs.appendleft(asm.job)
+        log.warning("%s: work lost with a Ray worker or node (%s); starting the file again", path, _short(exc))
+        return True
 
     def commit(force_flush: bool = False) -> None:
+        # A commit is never cut by Ctrl-C/SIGTERM: DuckDB turns SIGINT during a query into
+        # RuntimeError("Query interrupted"); the signal is raised as KeyboardInterrupt after it.
+        from pipelines.local import interrupts_deferred
+
+        with interrupts_deferred():
+            _commit(force_flush)
+
+    def _commit(force_flush: bool) -> None:
         nonlocal last_commit, last_flush, done
         if not model_ready.check(block=bool(done)):
             return  # nothing embedded yet, so nothing to commit
@@ -352,14 +394,38 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             ready, _ = ray.wait(waitable, num_returns=1, timeout=1.0) if waitable else ([], [])
             for ref in ready:
                 if ref in embeds:
-                    asm, ai = embeds.pop(ref)
+                    asm, ai, actor, header, frames_ref = embeds.pop(ref)
                     actor_load[ai] -= 1
-                    asm.pending -= 1
                     try:
-                        asm.chunks.append(ray.get(ref))
-                    except Exception as exc:
+                        chunk = ray.get(ref)
+                    except RayActorError as exc:
+                        # The model actor died for good (its restarts are used up: OOM kills, lost
+                        # nodes). Not the file's fault: replace the actor, embed the chunk again.
                         model_ready.check(block=True)  # a model that never loaded is systemic
+                        if actors[ai] is actor and isinstance(exc, ActorDiedError):
+                            if make_actor is None or replaced >= _ACTOR_REPLACEMENTS:
+                                raise ModelUnavailable(
+                                    f"the model worker kept dying ({_short(exc)}); finished videos are "
+                                    f"saved: run the same command again to continue") from None
+                            replaced += 1
+                            actors[ai] = make_actor()
+                            log.warning("model actor %d died (%s); replaced it", ai, _short(exc))
+                        if is_live(asm):
+                            submit_embed(asm, header, frames_ref)
+                        else:
+                            asm.pending -= 1
+                        continue
+                    except Exception as exc:
+                        asm.pending -= 1
+                        model_ready.check(block=True)  # a model that never loaded is systemic
+                        if not is_live(asm):
+                            continue  # a chunk of an abandoned attempt
+                        if isinstance(exc, (ObjectLostError, OwnerDiedError)) and restart(asm, exc):
+                            continue  # its frames went with a node and could not be rebuilt
                         asm.fail(f"embedding failed: {_short(exc)}")
+                        continue
+                    asm.pending -= 1
+                    asm.chunks.append(chunk)
                     continue
                 asm = streams[ref]
                 try:
@@ -371,18 +437,18 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                         asm.fail("decode worker ended without a result")
                     continue
                 if ref in waiting_frames:
-                    header = waiting_frames.pop(ref)
-                    ai = min(range(len(actors)), key=actor_load.__getitem__)
-                    embeds[actors[ai].embed.remote(header, item_ref)] = (asm, ai)
-                    actor_load[ai] += 1
+                    submit_embed(asm, waiting_frames.pop(ref), item_ref)
                     asm.pending += 1
                     continue
                 try:
                     item = ray.get(item_ref)
-                except Exception as exc:  # worker crashed (segfault in a decoder, OOM kill)
-                    asm.fail(f"decoder crashed on this file: {_short(exc)}")
+                except Exception as exc:  # worker died twice (a decoder segfault, OOM kill, lost node)
+                    if restart(asm, exc):
+                        continue
+                    asm.fail(f"decoder crashed on this file ({_LOST_RETRIES + 1} times): {_short(exc)}")
                     ray.cancel(ref, force=True)
                     streams.pop(ref)
+                    waiting_frames.pop(ref, None)
                     continue
                 if isinstance(item, ChunkHeader):
                     waiting_frames[ref] = item

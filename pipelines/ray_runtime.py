@@ -15,6 +15,22 @@ from collections.abc import Iterator
 log = logging.getLogger(__name__)
 
 
+def _driver_messages_to_stderr() -> None:
+    """Ray's driver prints cluster error messages ("(raylet) A worker died ...") to stdout, even
+    with log_to_driver=False; stdout carries results only (``--json``), so send them to stderr."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "_vidx_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix: bool):
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._vidx_stderr = True
+    ray_worker.print_to_stdstream = to_stderr
+
+
 @contextmanager
 def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict]:
     """Initialise Ray (embedded or joined) for the duration of the block; yields cluster resources."""
@@ -35,6 +51,7 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         # Keep the object store modest: frames stream through it and are consumed quickly.
         kwargs["object_store_memory"] = int(os.environ.get("VIDX_OBJECT_STORE_BYTES", 512 * 1024 * 1024))
+    _driver_messages_to_stderr()
     ray.init(**kwargs)
     try:
         yield ray.cluster_resources()

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
     p.add_argument("--decode-timeout-s", type=float, dest="decode_timeout_s")
     p.add_argument("--ray-address", dest="ray_address", help="join a Ray cluster ('auto' or host:port)")
+    p.add_argument("--executor", choices=("ray", "local"),
+                   help="ray (default) or local: the same stages in this process without Ray (one machine)")
     p.add_argument("--include-hidden", action="store_const", const=True, dest="include_hidden")
     p.add_argument("--retry-failed", action="store_true", help="try files that failed before again")
     p.add_argument("--reset", action="store_true", help="empty the index first (e.g. to change model)")
