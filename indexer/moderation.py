@@ -46,7 +46,6 @@ import json
 import math
 import os
 import re
-import time
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field

@@ -364,20 +364,11 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             return  # nothing embedded yet, so nothing to commit
         faiss_index = model_ready.faiss_index
         if done:
-            ids, mats, removed = store.commit_results(done, params, summary.run_id,
-                                                      after_insert=_tagger(model_ready.bank))
-            if len(removed):
-                faiss_index.remove_ids(np.asarray(removed, np.int64))
-            if len(ids):
-                faiss_index.add_with_ids(mats, ids)
-            for r in done:
-                _count(summary, r)
+            commit_batch(store, done, params, summary, faiss_index, model_ready.bank)
             done = []
         last_commit = time.monotonic()
         if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
-            # Exact below the size threshold, IVF above it (built/retrained when crossing).
-            faiss_index = model_ready.faiss_index = ann.maybe_rebuild(store, faiss_index, settings)
-            store.save_faiss(faiss_index)
+            faiss_index = model_ready.faiss_index = flush_faiss(store, faiss_index, settings)
             last_flush = time.monotonic()
 
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -485,6 +476,25 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
         commit(force_flush=True)
         progress.close()
     return status
+
+
+def commit_batch(store: IndexStore, done: list[VideoResult], params: IndexParams, summary: IndexSummary,
+                 faiss_index, bank) -> None:
+    """Finished videos -> one DuckDB transaction (rows, vectors, tags); then the same change to FAISS."""
+    ids, mats, removed = store.commit_results(done, params, summary.run_id, after_insert=_tagger(bank))
+    if len(removed):
+        faiss_index.remove_ids(np.asarray(removed, np.int64))
+    if len(ids):
+        faiss_index.add_with_ids(mats, ids)
+    for r in done:
+        _count(summary, r)
+
+
+def flush_faiss(store: IndexStore, faiss_index, settings: Settings):
+    """Write the FAISS file: exact below the size threshold, IVF above it (rebuilt when crossing)."""
+    faiss_index = ann.maybe_rebuild(store, faiss_index, settings)
+    store.save_faiss(faiss_index)
+    return faiss_index
 
 
 def _label_cache_dir() -> str:

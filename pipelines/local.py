@@ -40,7 +40,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from indexer import ann
 from indexer import vectors as vec
 from indexer.config import Settings
 from indexer.incremental import WorkPlan
@@ -191,8 +190,8 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     here), ``params`` is rebuilt with the resolved model id, ``faiss_index`` is the index
     after this run's deletes/copies (None on a fresh index), and ``summary`` is filled in.
     """
-    from pipelines.index import (_CHUNK_FRAMES, _count, _expected_seconds, _label_cache_dir, _raise_interrupt,
-                                 _short, _tagger, _vocabularies)
+    from pipelines.index import (_CHUNK_FRAMES, _expected_seconds, _label_cache_dir, _raise_interrupt, _short,
+                                 _vocabularies, commit_batch, flush_faiss)
 
     if spec is None:
         spec = resolve_model(settings.model, settings.pretrained)  # ModelUnavailable: before any work
@@ -224,19 +223,11 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     def _commit(force_flush: bool) -> None:
         nonlocal done, last_commit, last_flush, faiss_index
         if done:
-            ids, mats, removed = store.commit_results(done, params, summary.run_id, after_insert=_tagger(bank))
-            if len(removed):
-                faiss_index.remove_ids(np.asarray(removed, np.int64))
-            if len(ids):
-                faiss_index.add_with_ids(mats, ids)
-            for r in done:
-                _count(summary, r)
+            commit_batch(store, done, params, summary, faiss_index, bank)
             done = []
         last_commit = time.monotonic()
         if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
-            # Exact below the size threshold, IVF above it (built/retrained when crossing).
-            faiss_index = ann.maybe_rebuild(store, faiss_index, settings)
-            store.save_faiss(faiss_index)
+            faiss_index = flush_faiss(store, faiss_index, settings)
             last_flush = time.monotonic()
 
     model_loaded = False
