@@ -168,14 +168,19 @@ class LocalCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(tmp_path)
+def running_cluster(root):
+    """A started LocalCluster, stopped (every process killed) however the test ends."""
+    c = LocalCluster(root)
     try:
         c.start()
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    yield from running_cluster(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ import pytest
 from conftest import make_video
 from test_cli_support import (RUN_TIMEOUT_S, Result, assert_index_consistent, cli_env, faiss_meta_ntotal,  # noqa: F401
                               index_args, kill_group, popen_vidx, query, ray_tmp, videos, wait_for)
-from test_cluster import (ARGS, N_VIDEOS, LocalCluster, assert_same_index, corpus8, json_summary,  # noqa: F401
+from test_cluster import (ARGS, N_VIDEOS, LocalCluster, running_cluster, assert_same_index, corpus8, json_summary,  # noqa: F401
                           recorded_stats, single_node)
 from test_local_executor import interrupt_during_second_commit
 
@@ -43,23 +43,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory):
     """One cluster for the faults it survives (a killed worker, actor or driver)."""
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+    yield from running_cluster(tmp_path_factory.mktemp("cluster"))
 
 
 @pytest.fixture
 def own_cluster(tmp_path):
     """A cluster of its own, for a test that kills one of its nodes."""
-    c = LocalCluster(tmp_path)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+    yield from running_cluster(tmp_path)
 
 
 def kill_workers(cluster: LocalCluster, proc, title: str, after_s: float, times: int = 1,
