@@ -66,15 +66,20 @@ def ids_of(index: faiss.Index) -> np.ndarray:
     ivf = ivf_of(index)
     if ivf is None:
         return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
-    invlists = ivf.invlists
-    parts = []
-    for list_no in range(ivf.nlist):
-        size = invlists.list_size(list_no)
-        if size:
-            ptr = invlists.get_ids(list_no)
-            parts.append(faiss.rev_swig_ptr(ptr, size).copy())
-            invlists.release_ids(list_no, ptr)
+    parts = [ids for ids in (_list_ids(ivf.invlists, n) for n in range(ivf.nlist)) if len(ids)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _list_ids(invlists, list_no: int) -> np.ndarray:
+    """A copy of the ids stored in one inverted list of an IVF index."""
+    size = invlists.list_size(list_no)
+    if not size:
+        return np.zeros(0, dtype=np.int64)
+    ptr = invlists.get_ids(list_no)
+    try:
+        return faiss.rev_swig_ptr(ptr, size).copy()
+    finally:
+        invlists.release_ids(list_no, ptr)
 
 
 def write_index(index: faiss.Index, index_dir: str, model_id: str, checksum: IdChecksum,
@@ -219,12 +224,10 @@ def _list_map(index, ivf) -> _ListMap | None:
     invlists = ivf.invlists
     id_parts, list_parts = [], []
     for list_no in range(ivf.nlist):
-        size = invlists.list_size(list_no)
-        if size:
-            ptr = invlists.get_ids(list_no)
-            id_parts.append(faiss.rev_swig_ptr(ptr, size).copy())
-            invlists.release_ids(list_no, ptr)
-            list_parts.append(np.full(size, list_no, np.int32))
+        ids = _list_ids(invlists, list_no)
+        if len(ids):
+            id_parts.append(ids)
+            list_parts.append(np.full(len(ids), list_no, np.int32))
     ids = np.concatenate(id_parts)
     lists = np.concatenate(list_parts)
     top = int(ids.max())
