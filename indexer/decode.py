@@ -263,6 +263,10 @@ _LUMA_LUT = np.clip((np.arange(256) - 16) * 255.0 / 219.0, 0, 255).round().astyp
 _CHROMA_LUT = np.clip((np.arange(256) - 128) * 255.0 / 224.0 + 128, 0, 255).round().astype(np.uint8)
 
 
+def _frame_bytes(frame: av.VideoFrame) -> int:
+    return sum(p.buffer_size for p in frame.planes)
+
+
 def small_bgr(frame: av.VideoFrame, width: int, reformatter: VideoReformatter) -> np.ndarray:
     """A ~``width``-pixel BGR copy of a frame for shot detection.
 
@@ -288,6 +292,46 @@ def small_bgr(frame: av.VideoFrame, width: int, reformatter: VideoReformatter) -
                                 interpolation="AREA").to_ndarray()
 
 
+class FrameNumbering:
+    """Frame numbers in presentation order, also when the decoder skips frames.
+
+    A decoder returns a frame only once every packet shown before it has been read, so a
+    frame's number is the count of packets read so far with a smaller timestamp. A min-heap
+    keeps just the packets not yet passed (the reorder window), not the whole stream.
+    """
+
+    def __init__(self) -> None:
+        import heapq
+
+        self._push, self._pop = heapq.heappush, heapq.heappop
+        self._pending: list[int] = []
+        self._passed = 0
+        self._packets = 0
+        self._timed = True
+
+    def add_packet(self, packet: av.Packet) -> None:
+        if packet.size == 0:
+            return  # the flush packet at the end
+        self._packets += 1
+        if packet.pts is None:
+            self._timed = False
+        else:
+            self._push(self._pending, packet.pts)
+
+    def number(self, frame: av.VideoFrame, n_decoded: int) -> int:
+        """The frame's number; streams without timestamps fall back to counting decoded frames."""
+        if not self._timed or frame.pts is None:
+            return n_decoded
+        while self._pending and self._pending[0] < frame.pts:
+            self._pop(self._pending)
+            self._passed += 1
+        return self._passed
+
+    def total(self) -> int:
+        """Frames in the stream as far as it was read (packets; one frame each)."""
+        return self._packets
+
+
 @dataclass(frozen=True)
 class ShotSpan:
     """A detected shot, in seconds from the first frame and in frame numbers (decode order)."""
@@ -302,10 +346,14 @@ class ShotSpan:
 def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip_s: float,
                      min_shot_s: float, timeout_s: float = 120.0, chunk_frames: int = 48,
                      decode_threads: int = 1, stats: DecodeStats | None = None,
-                     candidate_fps: float = 8.0, shot_threshold: float = 27.0,
-                     shots_out: list | None = None) -> Iterator[SnippetChunk]:
-    """Decode every frame once: detect shots on a small copy, plan shot-aligned clips as cuts
-    become final, and take each snippet from a buffer of recent model-size candidate frames.
+                     candidate_fps: float = 8.0, shot_threshold: float = 3.0,
+                     shots_out: list | None = None, reference_frames_only: bool = True,
+                     hold_budget_bytes: int = 256 << 20) -> Iterator[SnippetChunk]:
+    """Decode the video once: detect shots on a small copy of each frame, plan shot-aligned
+    clips as cuts become final, and take each snippet from a buffer of recent candidate frames.
+
+    With ``reference_frames_only`` the decoder skips frames that no other frame refers to;
+    frame numbers stay those of the full stream (see FrameNumbering).
 
     Snippets are the candidate nearest each segment centre (candidates are ``candidate_fps``
     apart, so at most half that interval off the exact centre). Detected shots are appended
@@ -322,10 +370,20 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
     detector = SceneDetectShots(probe.avg_fps or probe.base_fps, threshold=shot_threshold,
                                 min_scene_len_s=min_shot_s)
     planner = OnlineClipPlanner(clip_s, min_shot_s)
-    candidates: deque[tuple[float, np.ndarray]] = deque()
+    numbering = FrameNumbering()
+    candidates: deque[tuple[float, np.ndarray | av.VideoFrame]] = deque()
+    held_bytes = 0
     cand_step = 1.0 / candidate_fps
     clips_per_chunk = max(1, chunk_frames // k)
     ready: list[tuple[ClipSpan, tuple[float, ...], list[np.ndarray]]] = []
+
+    def converted(j: int) -> np.ndarray:
+        t, item = candidates[j]
+        if isinstance(item, av.VideoFrame):
+            item = _convert(item, size, probe.rotation_deg, model_fmt)
+            stats.frames_converted += 1
+            candidates[j] = (t, item)
+        return item
 
     def take(spans: list[ClipSpan]) -> None:
         times_list = [c[0] for c in candidates]
@@ -336,8 +394,22 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
                 j = bisect.bisect_left(times_list, target)
                 if j >= len(times_list) or (j > 0 and target - times_list[j - 1] <= times_list[j] - target):
                     j -= 1
-                frames.append(candidates[max(j, 0)][1])
+                frames.append(converted(max(j, 0)))
             ready.append((span, times, frames))
+
+    def hold(t: float, frame: av.VideoFrame) -> None:
+        # Candidates stay decoded frames until a snippet picks them: converting all of them
+        # (8 per second) cost more than the shot detector. Past the memory budget, the oldest
+        # held frames are converted now instead (model-size RGB is far smaller than 4K YUV).
+        nonlocal held_bytes
+        candidates.append((t, frame))
+        held_bytes += _frame_bytes(frame)
+        j = 0
+        while held_bytes > hold_budget_bytes and j < len(candidates) - 1:
+            if isinstance(candidates[j][1], av.VideoFrame):
+                held_bytes -= _frame_bytes(candidates[j][1])
+                converted(j)
+            j += 1
 
     def flush(final: bool) -> Iterator[SnippetChunk]:
         while len(ready) >= clips_per_chunk or (final and ready):
@@ -353,6 +425,11 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
         stream = next(s for s in container.streams.video if s.index == probe.video_stream_index)
         stream.thread_type = "AUTO" if decode_threads > 1 else "SLICE"
         stream.codec_context.thread_count = decode_threads
+        if reference_frames_only:
+            # Frames no other frame refers to (most B-frames) are never decoded: 20-60% less
+            # decoding on typical H.264. Encoders put a reference frame at a cut, so cuts are
+            # still found on their frame; fades are placed between the frames decoded.
+            stream.codec_context.skip_frame = "NONREF"
         t0 = probe.start_time_s
         next_candidate = float("-inf")
         errors_in_row = [0]
@@ -362,18 +439,19 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
             frames = _decode_packet(packet, stats, errors_in_row)
             if frames is None:
                 break
+            numbering.add_packet(packet)
             for frame in frames:
                 t = _frame_time(frame, probe, t0, stats.frames_decoded)
+                fnum = numbering.number(frame, stats.frames_decoded)
                 if last is not None and t <= last[0]:
                     continue  # duplicate or out-of-order timestamp: keep times increasing
                 small = small_bgr(frame, det_w, small_fmt)
-                planner.add_cuts(detector.feed(stats.frames_decoded, t, small))
+                planner.add_cuts(detector.feed(fnum, t, small))
                 stats.frames_decoded += 1
                 stats.last_frame_s = t
                 last_was_candidate = t >= next_candidate - 1e-9
                 if last_was_candidate:
-                    candidates.append((t, _convert(frame, size, probe.rotation_deg, model_fmt)))
-                    stats.frames_converted += 1
+                    hold(t, frame)
                     next_candidate = t + cand_step
                 last = (t, frame)
                 # A fade-out can hold the horizon back; 30 s later its cut no longer matters.
@@ -381,12 +459,14 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
                 take(planner.advance(horizon))
                 keep_from = planner.open_since_s() - cand_step
                 while len(candidates) > 1 and candidates[1][0] <= keep_from:
-                    candidates.popleft()
+                    _, dropped = candidates.popleft()
+                    if isinstance(dropped, av.VideoFrame):
+                        held_bytes -= _frame_bytes(dropped)
                 yield from flush(final=False)
         if last is None:
             raise ProbeFailure(VideoStatus.FAILED, "no frame could be decoded; the video stream is damaged")
         if not last_was_candidate:
-            candidates.append((last[0], _convert(last[1], size, probe.rotation_deg, model_fmt)))
+            hold(last[0], last[1])
         planner.add_cuts(detector.finish())
         frame_s = 1.0 / probe.avg_fps if probe.avg_fps else 0.0
         end_s = last[0] + frame_s
@@ -398,9 +478,14 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
         take(planner.finish(end_s))
         yield from flush(final=True)
         if shots_out is not None:
-            times = detector.times
+            times, numbers = detector.times, detector.frames
+            n_frames = max(numbering.total(), numbers[-1] + 1)
+
+            def frame_at(t: float) -> int:
+                j = bisect.bisect_left(times, t - 1e-6)
+                return numbers[j] if j < len(numbers) else n_frames
+
             for start, end, kind in planner.shots(end_s):
-                shots_out.append(ShotSpan(start, end, bisect.bisect_left(times, start - 1e-6),
-                                          bisect.bisect_left(times, end - 1e-6), kind))
+                shots_out.append(ShotSpan(start, end, frame_at(start), frame_at(end), kind))
     finally:
         container.close()

@@ -2,7 +2,7 @@
 
 Detectors sit behind one small interface (``ShotDetector``): they are fed every
 decoded frame, downscaled once, in order, and report cut times, possibly some
-frames late. The default combines PySceneDetect's ``ContentDetector`` (hard
+frames late. The default combines PySceneDetect's ``AdaptiveDetector`` (hard
 cuts, HSV change between frames) with its ``ThresholdDetector`` (fades to and
 from black); both are used as libraries, fed with our frames: the file is
 decoded once for shots and snippets together.
@@ -16,6 +16,7 @@ from a short buffer of recent candidate frames.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,7 +39,9 @@ class Cut:
 
 
 class ShotDetector(Protocol):
-    def feed(self, frame_index: int, time_s: float, bgr: np.ndarray) -> list[Cut]: ...
+    def feed(self, frame_index: int, time_s: float, bgr: np.ndarray) -> list[Cut]:
+        """``frame_index`` increases but may skip numbers (frames that were not decoded)."""
+        ...
 
     def finish(self) -> list[Cut]: ...
 
@@ -48,18 +51,34 @@ class ShotDetector(Protocol):
 
 
 class SceneDetectShots:
-    """PySceneDetect's content (hard cut) and threshold (fade) detectors, fed our frames."""
+    """PySceneDetect's adaptive content (hard cut) and threshold (fade) detectors, fed our frames.
 
-    def __init__(self, fps: float, threshold: float = 27.0, fade_threshold: float = 12.0,
+    Frame numbers may skip (only reference frames decoded). Two rules on top of the
+    detectors: a fade through black belongs to the fade detector, which places one cut
+    mid-way (the content detector also reacts to the picture dimming and coming back, and
+    those reports are dropped); and a video that opens on black has no shot before its
+    fade-in.
+    """
+
+    def __init__(self, fps: float, threshold: float = 3.0, fade_threshold: float = 12.0,
                  min_scene_len_s: float = 0.6):
-        from scenedetect.detectors import ContentDetector, ThresholdDetector
+        from scenedetect.detectors import AdaptiveDetector, ThresholdDetector
 
         self.fps = Fraction(fps).limit_denominator(100000) if fps > 0 else Fraction(25)
         min_len = max(1, int(round(min_scene_len_s * float(self.fps))))
-        self.content = ContentDetector(threshold=threshold, min_scene_len=min_len)
+        # AdaptiveDetector (PySceneDetect's default) compares each frame's change with its
+        # neighbours' rather than with a fixed level: a cut into fast motion, where every
+        # frame changes a lot, is still found (tests/test_shots.py, bench/shots.py).
+        self.content = AdaptiveDetector(adaptive_threshold=threshold, min_scene_len=min_len)
         self.fade = ThresholdDetector(threshold=fade_threshold, min_scene_len=min_len)
-        self.times: list[float] = []  # frame index -> time, to map detector frame numbers back
+        # Fed frames' times and numbers, to map the detectors' frame numbers back to times.
+        self.times: list[float] = []
+        self.frames: list[int] = []
         self._last = 0
+        self._min_len = min_len
+        self._dark: tuple[int, int | None] | None = None  # (faded out at, back in at) of the last dark span
+        self._out_at: int | None = None  # first dark frame of the current fade-out
+        self._prev_mean: float | None = None
         self._delay = int(self.content.event_buffer_length) + 2
 
     def _timecode(self, frame_index: int):
@@ -67,23 +86,71 @@ class SceneDetectShots:
 
         return FrameTimecode(frame_index, fps=self.fps)
 
+    def _index(self, frame_num: int) -> int:
+        """Position in ``times`` of the first fed frame at or after a frame number."""
+        return min(bisect.bisect_left(self.frames, frame_num), len(self.times) - 1)
+
     def _to_cut(self, tc, kind: str) -> Cut:
-        n = min(int(tc.frame_num), len(self.times) - 1)
-        return Cut(self.times[n], n, kind)
+        j = self._index(int(tc.frame_num))
+        return Cut(self.times[j], self.frames[j], kind)
+
+    def _crossing(self, mean: float, frame: int) -> int:
+        """First frame past the fade threshold, between the previous fed frame and this one."""
+        if len(self.frames) < 2 or self._prev_mean is None or mean == self._prev_mean:
+            return frame
+        prev = self.frames[-2]
+        share = (self.fade.threshold - self._prev_mean) / (mean - self._prev_mean)
+        return min(frame, max(prev + 1, prev + math.ceil((frame - prev) * share - 1e-9)))
+
+    def _time_of(self, frame: int) -> float:
+        """Time of a frame number, interpolated between the fed frames around it."""
+        j = self._index(frame)
+        if self.frames[j] <= frame or j == 0:
+            return self.times[j]
+        f0, f1, t0, t1 = self.frames[j - 1], self.frames[j], self.times[j - 1], self.times[j]
+        return t0 + (t1 - t0) * (frame - f0) / (f1 - f0)
+
+    def _in_dark(self, frame: int) -> bool:
+        if self._dark is None:
+            return False
+        start, end = self._dark
+        return frame >= start and (end is None or frame <= end + self._min_len)
 
     def feed(self, frame_index: int, time_s: float, bgr: np.ndarray) -> list[Cut]:
         self.times.append(time_s)
+        self.frames.append(frame_index)
         self._last = frame_index
         tc = self._timecode(frame_index)
-        cuts = [self._to_cut(c, "cut") for c in self.content.process_frame(tc, bgr)]
-        cuts += [self._to_cut(c, "fade") for c in self.fade.process_frame(tc, bgr)]
-        return cuts
+        content = [self._to_cut(c, "cut") for c in self.content.process_frame(tc, bgr)]
+        was = self.fade.last_fade["type"]
+        fades = [self._to_cut(c, "fade") for c in self.fade.process_frame(tc, bgr)]
+        now = self.fade.last_fade
+        mean = float(bgr.mean())  # what the fade detector compares with its threshold
+        if now["type"] == "out" and was != "out":
+            # Faded out (or dark from the first frame, which the detector marks "out" at once).
+            self._dark = (int(now["frame"].frame_num), None)
+            self._out_at = self._crossing(mean, frame_index)
+        elif now["type"] == "in" and was == "out" and self._dark is not None:
+            if self._dark[0] == self.frames[0]:
+                fades = []  # opened on black and faded in: there was no shot before
+            elif fades and self._out_at is not None:
+                # The detector splits mid-way between the first dark and the first bright frame
+                # it saw; with frames skipped those are up to a few frames late, so both are
+                # placed where the brightness crossed the threshold between decoded frames.
+                in_at = self._crossing(mean, frame_index)
+                split = self._out_at + round((in_at - self._out_at) / 2)
+                fades = [Cut(self._time_of(split), split, "fade")]
+            self._dark = (self._dark[0], frame_index)
+        self._prev_mean = mean
+        content = [c for c in content if not self._in_dark(c.frame)]
+        return content + fades
 
     def finish(self) -> list[Cut]:
         if not self.times:
             return []
         tc = self._timecode(self._last)
         cuts = [self._to_cut(c, "cut") for c in self.content.post_process(tc)]
+        cuts = [c for c in cuts if not self._in_dark(c.frame)]
         cuts += [self._to_cut(c, "fade") for c in self.fade.post_process(tc)]
         return cuts
 
@@ -94,7 +161,7 @@ class SceneDetectShots:
         fade = self.fade.last_fade
         if fade.get("type") == "out" and fade.get("frame") is not None:
             # Inside a fade-out the cut will be placed later, between fade-out and fade-in.
-            horizon = min(horizon, self.times[min(int(fade["frame"].frame_num), len(self.times) - 1)])
+            horizon = min(horizon, self.times[self._index(int(fade["frame"].frame_num))])
         return horizon
 
 

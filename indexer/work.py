@@ -40,7 +40,18 @@ class VideoJob:
     decode_threads: int = 1
     shots: bool = False  # detect shots in the same decode and align clips to them
     min_shot_s: float = 0.6
-    shot_threshold: float = 27.0
+    shot_threshold: float = 3.0
+    shot_reference_frames_only: bool = True  # skip unreferenced frames (see iter_shot_chunks)
+
+
+def make_video_jobs(to_index, settings, short_side: int, chunk_frames: int) -> list[VideoJob]:
+    """One VideoJob per (file, fingerprint) to index, from the run's Settings."""
+    shots = settings.shots and settings.sampling == "exact"
+    return [VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, short_side,
+                     settings.decode_timeout_s, chunk_frames, shots=shots, min_shot_s=settings.min_shot_s,
+                     shot_threshold=settings.shot_threshold,
+                     shot_reference_frames_only=settings.shot_frames == "reference")
+            for f, fp in to_index]
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,8 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
         if job.shots:
             chunks = iter_shot_chunks(job.file.path, probe, job.snippets, job.short_side, job.clip_s,
                                       job.min_shot_s, timeout, job.chunk_frames, job.decode_threads, stats,
-                                      shot_threshold=job.shot_threshold, shots_out=shots)
+                                      shot_threshold=job.shot_threshold, shots_out=shots,
+                                      reference_frames_only=job.shot_reference_frames_only)
         else:
             spans = plan_clips(probe.duration_s, job.clip_s)
             if not spans:

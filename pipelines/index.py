@@ -34,7 +34,7 @@ from indexer.incremental import WorkPlan, plan_work
 from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
 from indexer.types import VideoResult, VideoStatus
-from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk
+from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk, make_video_jobs
 from pipelines.progress import Progress
 from pipelines.ray_runtime import ray_session
 
@@ -311,10 +311,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
     import ray
     from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayActorError
 
-    jobs = deque(VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, image_size,
-                          settings.decode_timeout_s, _CHUNK_FRAMES, shots=settings.shots and settings.sampling == "exact",
-                          min_shot_s=settings.min_shot_s, shot_threshold=settings.shot_threshold)
-                 for f, fp in plan.to_index)
+    jobs = deque(make_video_jobs(plan.to_index, settings, image_size, _CHUNK_FRAMES))
     progress = Progress(len(jobs), sum(_expected_seconds(f) for f, _ in plan.to_index), enabled=show_progress)
     streams: dict = {}  # generator -> VideoAssembler
     waiting_frames: dict = {}  # generator -> ChunkHeader whose frames are the stream's next item

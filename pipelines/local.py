@@ -46,7 +46,7 @@ from indexer.incremental import WorkPlan
 from indexer.model import LoadedModel, ModelSpec, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
 from indexer.types import VideoResult
-from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk
+from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk, make_video_jobs
 from pipelines.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -205,10 +205,7 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
         if torch.cuda.is_available():
             device = "cuda"
     threads = settings.torch_threads or os.cpu_count() or 1
-    jobs = [VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, spec.image_size,
-                     settings.decode_timeout_s, _CHUNK_FRAMES, shots=settings.shots and settings.sampling == "exact",
-                     min_shot_s=settings.min_shot_s, shot_threshold=settings.shot_threshold)
-            for f, fp in plan.to_index]
+    jobs = make_video_jobs(plan.to_index, settings, spec.image_size, _CHUNK_FRAMES)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = None
     status = "ok"

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shots", action="store_const", const=False, dest="shots",
                    help="do not detect shots (clips on a fixed grid; allows keyframe-only decoding)")
     p.add_argument("--shot-threshold", type=float, dest="shot_threshold")
+    p.add_argument("--shot-frames", choices=("reference", "all"), dest="shot_frames",
+                   help="frames the shot detector decodes: reference (default, cheaper) or all")
     p.add_argument("--no-tags", action="store_const", const=False, dest="tags", help="do not compute zero-shot tags")
     p.add_argument("--labels", action="append", metavar="FILE",
                    help="extra tag vocabulary file (one label per line; repeatable)")
