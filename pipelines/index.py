@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _CHUNK_FRAMES = 48  # frames per decode chunk: a few model batches, ~7 MB at 224 px
 _ACTOR_QUEUE = 3  # chunks in flight per model actor
+# While the actors still load the model (seconds), decoding runs ahead: up to this many chunks
+# (<= 48 frames each, ~13 MB at 224x398) queue per actor instead of stalling the decoders.
+_ACTOR_QUEUE_LOADING = 12
 _DECODE_GRACE_S = 30.0  # beyond the in-task bound before the driver kills the worker
 _LOST_RETRIES = 2  # fresh starts of a file whose decode or frames were lost with a worker or node
 _ACTOR_REPLACEMENTS = 3  # new model actors per run once one died for good (restarts used up)
@@ -376,7 +379,8 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                 gen = decode_fn.remote(job)
                 streams[gen] = VideoAssembler(job)
                 live.append(streams[gen])
-            actors_full = min(actor_load) >= _ACTOR_QUEUE
+            queue = _ACTOR_QUEUE if model_ready.check() else _ACTOR_QUEUE_LOADING
+            actors_full = min(actor_load) >= queue
             # A stream whose next item is frames waits while every model actor is busy.
             waitable = [g for g in streams if not (actors_full and g in waiting_frames)] + list(embeds)
             ready, _ = ray.wait(waitable, num_returns=1, timeout=1.0) if waitable else ([], [])

@@ -114,6 +114,32 @@ def test_preprocess_shape(random_model, frames):
     assert tuple(x.shape) == (2, 3, 32, 32)
 
 
+@pytest.mark.parametrize("shape", [(4, 32, 57, 3), (3, 57, 32, 3), (2, 32, 32, 3), (2, 33, 40, 3), (2, 48, 64, 3)])
+def test_batch_preprocessing_equals_open_clip_transform(random_model, shape):
+    """The batched crop+normalise path gives exactly what open_clip's own transform gives
+    (frames not at the model's size take the transform itself)."""
+    import torch
+    from PIL import Image
+
+    assert random_model._batch_transform is not None and random_model._batch_transform[0] == 32
+    f = np.random.default_rng(sum(shape)).integers(0, 256, size=shape, dtype=np.uint8)
+    expected = torch.stack([random_model.preprocess(Image.fromarray(x)) for x in f])
+    assert torch.equal(random_model.preprocess_frames(f), expected)
+
+
+def test_unusual_transform_is_used_as_it_is():
+    from torchvision import transforms as T
+
+    from indexer.model import _batch_transform_of
+
+    standard = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
+                          T.Lambda(lambda im: im), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    assert _batch_transform_of(standard) is None  # a Lambda is not a known RGB conversion
+    squash = T.Compose([T.Resize((32, 32), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
+                        T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    assert _batch_transform_of(squash) is None
+
+
 def test_same_seed_same_embeddings_across_loads(random_spec, random_model, frames):
     import torch
 
