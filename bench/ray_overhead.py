@@ -11,12 +11,12 @@ Both runs index the same copied files into fresh indexes with the same model and
 
 Wall time is measured from spawn to exit (Python start-up, imports, Ray start-up and
 shutdown included: all of it is the price of Ray). ``overhead = (ray - local) / ray``;
-target <= 10%. The ``wall_s`` each run reports itself (from its start of indexing, after
+target <= 10%, on the median of the runs of each executor. The ``wall_s`` each run reports itself (from its start of indexing, after
 imports) is shown too. Before the timed runs, one untimed warm-up run of each executor on
 one short file fills the per-user label cache (tag vocabularies) and the page cache.
 The two indexes must hold the same clips and (to float noise) the same vectors.
 
-Usage (a quiet machine; one run each)::
+Usage (a quiet machine; `--repeats` runs of each, alternating, medians compared)::
 
     .venv/bin/python bench/ray_overhead.py
     .venv/bin/python bench/ray_overhead.py --model vidx-tiny --json-out bench/out/ray_overhead.json
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrained", default="random")
     ap.add_argument("--vidx-args", default="", help="extra arguments for both runs")
     ap.add_argument("--order", choices=("ray-first", "local-first"), default="ray-first")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="measured runs of each executor, alternating; medians are compared (default 3)")
     ap.add_argument("--copies", type=int, default=1,
                     help="index K re-muxed copies of each file (ffmpeg -c copy, another title: other bytes, same "
                          "frames) to scale the workload; raw elementary streams are not copied")
@@ -197,15 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         for module in ("pipelines.local", "vidx"):
             _summary(run_measured(_cmd(module, warm, scratch / f"warm-{module}", args), env=env, cwd=REPO_ROOT))
 
-        runs = {}
+        runs: dict[str, list] = {"ray": [], "local": []}
         order = ("ray", "local") if args.order == "ray-first" else ("local", "ray")
-        for name in order:
-            module = "vidx" if name == "ray" else "pipelines.local"
-            print(f"[bench] {name} run ...", file=sys.stderr, flush=True)
-            run = run_measured(_cmd(module, folder, scratch / f"index-{name}", args), env=env, cwd=REPO_ROOT)
-            runs[name] = (run, _summary(run))
+        for rep in range(args.repeats):
+            for name in order:
+                module = "vidx" if name == "ray" else "pipelines.local"
+                print(f"[bench] {name} run {rep + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
+                index = scratch / f"index-{name}-{rep}"
+                run = run_measured(_cmd(module, folder, index, args), env=env, cwd=REPO_ROOT)
+                runs[name].append((run, _summary(run)))
+                if rep:
+                    shutil.rmtree(index, ignore_errors=True)
 
-        ray_vecs, local_vecs = _vectors(scratch / "index-ray"), _vectors(scratch / "index-local")
+        ray_vecs, local_vecs = _vectors(scratch / "index-ray-0"), _vectors(scratch / "index-local-0")
         same_clips = sorted(ray_vecs) == sorted(local_vecs)
         import numpy as np
 
@@ -215,20 +221,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    ray_run, ray_s = runs["ray"]
-    local_run, local_s = runs["local"]
+    def median_run(name: str):
+        ordered = sorted(runs[name], key=lambda r: r[0].wall_s)
+        return ordered[len(ordered) // 2]
+
+    ray_run, ray_s = median_run("ray")
+    local_run, local_s = median_run("local")
     overhead = (ray_run.wall_s - local_run.wall_s) / ray_run.wall_s
     inner = (ray_s["wall_s"] - local_s["wall_s"]) / ray_s["wall_s"]
     rows = []
-    for name, (run, s) in runs.items():
-        rows.append([name, f"{run.wall_s:.1f}", f"{s['wall_s']:.1f}", s["indexed"], s["failed"], s["clips_added"],
-                     s["frames_embedded"], f"{seconds / run.wall_s:.2f}x", f"{run.peak_rss_gib:.2f}"])
+    for name in ("ray", "local"):
+        for i, (run, s) in enumerate(runs[name]):
+            rows.append([f"{name} #{i + 1}", f"{run.wall_s:.1f}", f"{s['wall_s']:.1f}", s["indexed"], s["failed"],
+                         s["clips_added"], s["frames_embedded"], f"{seconds / run.wall_s:.2f}x",
+                         f"{run.peak_rss_gib:.2f}"])
     print(f"{len(files)} files, {seconds:.1f} s of video, model {args.model} ({args.pretrained}), "
           f"{info['cpu_affinity']} CPUs ({info['cpu_model']})")
     print(format_table(["executor", "wall s (process)", "wall s (reported)", "indexed", "failed", "clips",
                         "frames", "realtime", "peak RSS GiB (tree)"], rows))
     print(f"same clips: {same_clips}; max |vector difference|: {fmt(max_diff, 6) if max_diff is not None else 'n/a'}")
-    c = check("Ray overhead (ray - local) / ray, process wall", round(overhead, 4), "<=", TARGET)
+    print(f"medians: ray {ray_run.wall_s:.1f} s, local {local_run.wall_s:.1f} s")
+    c = check("Ray overhead (ray - local) / ray, median process wall", round(overhead, 4), "<=", TARGET)
     print(f"{c['verdict']}: {c['name']} = {overhead:.1%} (target <= {TARGET:.0%}); "
           f"on the reported wall_s (after imports): {inner:.1%}")
     if warning:
@@ -237,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {"machine": info, "warning": warning, "files": [p.name for p in files], "video_s": seconds,
                   "copies": args.copies,
                   "model": args.model, "pretrained": args.pretrained, "order": args.order,
+                  "repeats": args.repeats,
+                  "runs": {name: [{"wall_s": r.wall_s, "reported_wall_s": sm["wall_s"], "peak_gib": r.peak_rss_gib}
+                                  for r, sm in runs[name]] for name in runs},
                   "ray": {"wall_s": ray_run.wall_s, "reported_wall_s": ray_s["wall_s"], "peak_gib": ray_run.peak_rss_gib,
                           "summary": ray_s},
                   "local": {"wall_s": local_run.wall_s, "reported_wall_s": local_s["wall_s"],
