@@ -214,6 +214,7 @@ def child(workdir: str) -> None:
 
     from indexer import vectors as vec
     from indexer.store import IndexStore
+    from search.searcher import Filters, Searcher
 
     data = np.load(os.path.join(workdir, "queries.npz"))
     queries, folders = data["queries"], data["folders"]
@@ -230,17 +231,12 @@ def child(workdir: str) -> None:
         out["ntotal"] = int(index.ntotal)
         out["ann"] = {k: v for k, v in vec.ann_info(index).items() if k != "recall_curve"}
         t0 = time.perf_counter()
-        clips = store.con.execute("SELECT c.clip_id, c.video_id, c.start_s, c.end_s FROM clips c "
-                                  "JOIN clip_vectors v USING (clip_id) ORDER BY c.clip_id").fetchnumpy()
-        vids = store.con.execute("SELECT video_id, path FROM videos ORDER BY video_id").fetchnumpy()
+        cat = Searcher._load_catalog(store)  # the Searcher's own metadata columns
         out["load_catalog_s"] = time.perf_counter() - t0
         out["catalog_rss_bytes"] = _rss() - rss1
-        cat_ids = np.asarray(clips["clip_id"], np.int64)
-        cat_video = np.asarray(clips["video_id"], np.int64)
-        cat_start = np.asarray(clips["start_s"], np.float64)
-        cat_end = np.asarray(clips["end_s"], np.float64)
-        video_ids = np.asarray(vids["video_id"], np.int64)
-        paths = np.asarray(vids["path"]).astype(str)
+        cat_ids, cat_video, cat_start, cat_end = cat.clip_ids, cat.clip_video, cat.clip_start, cat.clip_end
+        video_ids = cat.video_ids
+        paths = np.asarray(cat.video_path).astype(str)
 
         def join(ids: np.ndarray, scores: np.ndarray) -> list[tuple]:
             keep = ids >= 0
@@ -250,9 +246,8 @@ def child(workdir: str) -> None:
             return list(zip(paths[vrows].tolist(), cat_start[rows].tolist(), cat_end[rows].tolist(),
                             scores.tolist()))
 
-        def allowed_for(folder: int) -> np.ndarray:
-            ok = np.char.startswith(paths, f"/archive/f{folder:02d}/")
-            return cat_ids[np.isin(cat_video, video_ids[ok], kind="table")]
+        def allowed_for(folder: int) -> np.ndarray:  # what `vidx search --under` resolves
+            return cat.clip_ids_matching(Filters(path_prefix=f"/archive/f{folder:02d}"))
 
         rss_warm = _rss()
         for q in queries[:20]:  # warm-up (the first filtered search builds the id -> list map)

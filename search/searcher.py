@@ -108,6 +108,72 @@ class _Catalog:
     video_pos: dict[int, int] = field(default_factory=dict)
     clip_video_pos: np.ndarray | None = None  # per clip row: position of its video (-1: none)
 
+    _by_path: tuple[list[str], np.ndarray] | None = None  # paths sorted, and their positions
+    _by_video: tuple[np.ndarray, np.ndarray] | None = None  # clip rows grouped by video, offsets
+
+    def videos_under(self, folder: str) -> np.ndarray:
+        """Positions of the videos at ``folder`` (a file) or below it (a folder): one range of
+        the sorted paths, found by bisection instead of testing every path."""
+        import bisect
+
+        if self._by_path is None:
+            order = sorted(range(len(self.video_path)), key=self.video_path.__getitem__)
+            self._by_path = ([self.video_path[i] for i in order], np.asarray(order, np.int64))
+        paths, order = self._by_path
+        below = folder if folder.endswith(os.sep) else folder + os.sep
+        lo = bisect.bisect_left(paths, below)
+        hi = bisect.bisect_left(paths, below[:-1] + chr(ord(os.sep) + 1))
+        exact = bisect.bisect_left(paths, folder)
+        same = order[exact:exact + 1] if exact < len(paths) and paths[exact] == folder else order[:0]
+        return np.concatenate([same, order[lo:hi]])
+
+    def clip_rows_of_videos(self, positions: np.ndarray) -> np.ndarray:
+        """Rows of every clip of the videos at ``positions`` (a CSR walk: no pass over all clips)."""
+        if self._by_video is None:
+            rows = np.argsort(self.clip_video_pos, kind="stable")
+            offsets = np.searchsorted(self.clip_video_pos[rows], np.arange(len(self.video_ids) + 1))
+            self._by_video = (rows, offsets)
+        rows, offsets = self._by_video
+        starts, ends = offsets[positions], offsets[positions + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return rows[:0]
+        # Concatenated ranges [start, end) without a Python loop.
+        shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        return rows[np.arange(total) + shift]
+
+    def clip_ids_matching(self, filters: Filters) -> np.ndarray:
+        """Clip ids of the videos that pass ``filters`` (all but its tags, which need DuckDB)."""
+        cat = self
+        ok = np.ones(len(cat.video_ids), bool)
+        if filters.path_prefix:
+            prefix = os.path.abspath(os.path.expanduser(filters.path_prefix))
+            under = np.zeros(len(cat.video_ids), bool)
+            under[cat.videos_under(prefix)] = True
+            ok &= under
+        if filters.path_glob:
+            pattern = filters.path_glob
+            ok &= np.array([fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(os.path.basename(p), pattern)
+                            for p in cat.video_path], bool)
+        if filters.min_duration_s is not None:
+            ok &= cat.video_duration >= filters.min_duration_s
+        if filters.max_duration_s is not None:
+            ok &= cat.video_duration <= filters.max_duration_s
+        if filters.modified_since is not None:
+            ok &= cat.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
+        if filters.indexed_since is not None:
+            ok &= cat.video_indexed_at >= filters.indexed_since.timestamp()
+        selected = np.flatnonzero(ok)
+        if 8 * len(selected) <= len(ok):
+            # A selective filter: walk just the chosen videos' clips.
+            allowed = cat.clip_ids[cat.clip_rows_of_videos(selected)]
+        else:
+            # A gather through each clip's video position: O(clips) without sorting, ~1 ms at 1M.
+            ok_with_none = np.append(ok, False)  # index -1 (clip of no indexed video) -> False
+            allowed = cat.clip_ids[ok_with_none[cat.clip_video_pos]]
+        return allowed
+
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.clip_ids, ids)
         pos = np.clip(pos, 0, max(len(self.clip_ids) - 1, 0))
@@ -272,26 +338,7 @@ class Searcher:
 
     # -- internals --------------------------------------------------------------------------
     def allowed_clip_ids(self, filters: Filters) -> np.ndarray:
-        cat = self.catalog
-        ok = np.ones(len(cat.video_ids), bool)
-        if filters.path_prefix:
-            prefix = os.path.abspath(os.path.expanduser(filters.path_prefix))
-            ok &= np.array([p.startswith(prefix) for p in cat.video_path], bool)
-        if filters.path_glob:
-            pattern = filters.path_glob
-            ok &= np.array([fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(os.path.basename(p), pattern)
-                            for p in cat.video_path], bool)
-        if filters.min_duration_s is not None:
-            ok &= cat.video_duration >= filters.min_duration_s
-        if filters.max_duration_s is not None:
-            ok &= cat.video_duration <= filters.max_duration_s
-        if filters.modified_since is not None:
-            ok &= cat.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
-        if filters.indexed_since is not None:
-            ok &= cat.video_indexed_at >= filters.indexed_since.timestamp()
-        # A gather through each clip's video position: O(clips) without sorting, ~1 ms at 1M.
-        ok_with_none = np.append(ok, False)  # index -1 (clip of no indexed video) -> False
-        allowed = cat.clip_ids[ok_with_none[cat.clip_video_pos]]
+        allowed = self.catalog.clip_ids_matching(filters)
         if filters.tags:
             from indexer.tagging import clip_ids_with_tags
 

@@ -211,3 +211,41 @@ def test_hit_formatting_and_play_command():
     argv = shlex.split(d["play"])
     assert argv[0] == "ffplay" and argv[-1] == "/v/it's a \"clip\".mp4" and "3725.500" in argv
     assert shlex.split(hit.play_command("mpv")) == ["mpv", "--start=3725.500", "/v/it's a \"clip\".mp4"]
+
+
+def _catalog(paths: list[str], clips_per_video: list[int]):
+    from search.searcher import _Catalog
+
+    video_ids = np.arange(10, 10 + len(paths), dtype=np.int64)
+    clip_video = np.concatenate([np.full(n, v, np.int64) for v, n in zip(video_ids, clips_per_video)] +
+                                [np.array([999], np.int64)])  # a clip of no indexed video
+    rng = np.random.default_rng(3)
+    clip_video = clip_video[rng.permutation(len(clip_video))]  # clips of a video need not be adjacent
+    n = len(clip_video)
+    pos = np.searchsorted(video_ids, clip_video)
+    pos = np.where((pos < len(video_ids)) & (video_ids[np.minimum(pos, len(video_ids) - 1)] == clip_video), pos, -1)
+    return _Catalog(clip_ids=np.arange(100, 100 + n, dtype=np.int64), clip_video=clip_video,
+                    clip_idx=np.zeros(n, np.int64), clip_start=np.zeros(n), clip_end=np.ones(n),
+                    video_ids=video_ids, video_path=paths, video_duration=np.ones(len(paths)),
+                    video_mtime_ns=np.zeros(len(paths), np.int64), video_indexed_at=np.zeros(len(paths)),
+                    clip_video_pos=pos.astype(np.int64))
+
+
+def test_videos_under_a_folder_or_a_file():
+    paths = ["/a/keep/x.mp4", "/a/keeper/y.mp4", "/a/keep/sub/z.mp4", "/a/keep", "/b/w.mp4", "/a/keep.mp4"]
+    cat = _catalog(paths, [1] * len(paths))
+    under = lambda p: sorted(paths[i] for i in cat.videos_under(p))  # noqa: E731
+    # a folder matches what is inside it (and a file of exactly that name), never a sibling prefix
+    assert under("/a/keep") == ["/a/keep", "/a/keep/sub/z.mp4", "/a/keep/x.mp4"]
+    assert under("/a/keep/") == ["/a/keep/sub/z.mp4", "/a/keep/x.mp4"]
+    assert under("/a/keep.mp4") == ["/a/keep.mp4"]
+    assert under("/a") == sorted(p for p in paths if p.startswith("/a/"))
+    assert under("/nothing") == [] and under("/") == sorted(paths)
+
+
+@pytest.mark.parametrize("chosen", [[], [0], [2, 5], list(range(9))])
+def test_clip_rows_of_videos_equals_a_scan(chosen):
+    cat = _catalog([f"/v/{i}.mp4" for i in range(9)], [3, 0, 5, 1, 2, 7, 1, 1, 4])
+    rows = cat.clip_rows_of_videos(np.array(chosen, np.int64))
+    expected = np.flatnonzero(np.isin(cat.clip_video_pos, chosen))
+    assert sorted(rows.tolist()) == expected.tolist()
