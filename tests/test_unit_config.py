@@ -256,3 +256,14 @@ def test_tiny_settings_fixture(tiny_settings, index_dir):
     assert tiny_settings.pretrained == "random"
     assert tiny_settings.clip_s == 2.0
     assert tiny_settings.index_dir == str(index_dir)
+
+
+def test_shot_frames_setting():
+    assert DEFAULTS.shot_frames == "reference"
+    every = load_settings({"shot_frames": "all"}, environ={})
+    assert every.shot_frames == "all"
+    # The frames the detector sees change where cuts fall: a different clip recipe re-indexes.
+    assert every.clip_recipe != DEFAULTS.clip_recipe and "ref" in DEFAULTS.clip_recipe
+    assert load_settings({}, environ={"VIDX_SHOT_FRAMES": "all"}).shot_frames == "all"
+    with pytest.raises(ConfigError, match="shot_frames must be 'reference' or 'all'"):
+        load_settings({"shot_frames": "some"}, environ={})

@@ -415,3 +415,61 @@ def test_consensus_accepts_float64():
     c = consensus(np.array([[3.0, 4.0]]))
     assert c.dtype == np.float32
     np.testing.assert_allclose(c, [0.6, 0.8], atol=1e-7)
+
+
+# -- resolving without importing torch/open_clip (the indexing driver's start-up) ------------------
+
+def test_model_configs_read_directly_match_open_clip():
+    import open_clip
+
+    from indexer.model import _model_configs, _register_vidx_configs
+
+    _register_vidx_configs()
+    configs = _model_configs()
+    assert set(configs) == set(open_clip.list_models())
+    for name in ("ViT-B-32", "ViT-L-14-336", TINY_MODEL):
+        assert configs[name]["vision_cfg"]["image_size"] == open_clip.get_model_config(name)["vision_cfg"]["image_size"]
+
+
+def test_pretrained_registry_is_cached_and_rebuilt_when_damaged(tmp_path, monkeypatch):
+    from open_clip import pretrained as oc_pretrained
+
+    from indexer.model import _pretrained_cfg
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cfg, tags = _pretrained_cfg("ViT-B-32", "LAION2B-S34B-B79K")  # tags normalised as open_clip does
+    expected = oc_pretrained.get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")
+    assert cfg == {"hf_hub": expected.get("hf_hub", ""), "url": expected.get("url", "")} and cfg["hf_hub"]
+    assert set(tags) == set(oc_pretrained.list_pretrained_tags_by_model("ViT-B-32"))
+    cached = list((tmp_path / "vidx").glob("open_clip-*-pretrained.json"))
+    assert len(cached) == 1
+    assert _pretrained_cfg("ViT-B-32", "no-such-tag") == ({}, tags)
+    cached[0].write_text("{not json")
+    assert _pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")[0] == cfg
+    assert json.loads(cached[0].read_text())["ViT-B-32"]["laion2b_s34b_b79k"] == cfg
+
+
+def test_resolving_a_model_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from indexer.model import ModelUnavailable, resolve_model\n"
+            "spec = resolve_model('ViT-B-32', 'random')\n"
+            "assert spec.image_size == 224, spec\n"
+            "try:\n"
+            "    resolve_model('ViT-B-32', 'laion2b_s34b_b79k')\n"
+            "except ModelUnavailable as exc:\n"
+            "    assert '--pretrained' in str(exc)\n"
+            "else:\n"
+            "    raise SystemExit('weights should be missing here')\n"
+            "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))\n")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    root = Path(__file__).resolve().parents[1]
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                           timeout=120) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr
+    # The first process builds the pretrained-registry cache (that imports open_clip); the next
+    # one resolves from files alone.
+    assert runs[1].stdout.strip() == "[]", runs[1].stdout
