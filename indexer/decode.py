@@ -334,7 +334,8 @@ class FrameNumbering:
 
 @dataclass(frozen=True)
 class ShotSpan:
-    """A detected shot, in seconds from the first frame and in frame numbers (decode order)."""
+    """A detected shot, in seconds from the first frame and in frame numbers (presentation order
+    of the whole stream, counting frames the decoder skipped)."""
 
     start_s: float
     end_s: float
@@ -482,8 +483,15 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
             n_frames = max(numbering.total(), numbers[-1] + 1)
 
             def frame_at(t: float) -> int:
+                # A cut can fall between decoded frames (a fade placed between reference
+                # frames): its frame number is interpolated between the neighbours' numbers.
                 j = bisect.bisect_left(times, t - 1e-6)
-                return numbers[j] if j < len(numbers) else n_frames
+                if j >= len(numbers):
+                    return n_frames
+                if j == 0 or times[j] - t <= 1e-6:
+                    return numbers[j]
+                share = (t - times[j - 1]) / (times[j] - times[j - 1])
+                return numbers[j - 1] + round(share * (numbers[j] - numbers[j - 1]))
 
             for start, end, kind in planner.shots(end_s):
                 shots_out.append(ShotSpan(start, end, frame_at(start), frame_at(end), kind))
