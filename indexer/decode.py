@@ -16,6 +16,7 @@ skipped, and clips past the last decodable frame are dropped with a note.
 from __future__ import annotations
 
 import bisect
+import heapq
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -301,9 +302,6 @@ class FrameNumbering:
     """
 
     def __init__(self) -> None:
-        import heapq
-
-        self._push, self._pop = heapq.heappush, heapq.heappop
         self._pending: list[int] = []
         self._passed = 0
         self._packets = 0
@@ -316,14 +314,14 @@ class FrameNumbering:
         if packet.pts is None:
             self._timed = False
         else:
-            self._push(self._pending, packet.pts)
+            heapq.heappush(self._pending, packet.pts)
 
     def number(self, frame: av.VideoFrame, n_decoded: int) -> int:
         """The frame's number; streams without timestamps fall back to counting decoded frames."""
         if not self._timed or frame.pts is None:
             return n_decoded
         while self._pending and self._pending[0] < frame.pts:
-            self._pop(self._pending)
+            heapq.heappop(self._pending)
             self._passed += 1
         return self._passed
 

@@ -78,7 +78,7 @@ class SceneDetectShots:
         self._min_len = min_len
         self._dark: tuple[int, int | None] | None = None  # (faded out at, back in at) of the last dark span
         self._out_at: int | None = None  # first dark frame of the current fade-out
-        self._prev_mean: float | None = None
+        self._prev_bgr: np.ndarray | None = None  # the previous fed frame, for fade crossings
         self._delay = int(self.content.event_buffer_length) + 2
 
     def _timecode(self, frame_index: int):
@@ -94,12 +94,19 @@ class SceneDetectShots:
         j = self._index(int(tc.frame_num))
         return Cut(self.times[j], self.frames[j], kind)
 
-    def _crossing(self, mean: float, frame: int) -> int:
-        """First frame past the fade threshold, between the previous fed frame and this one."""
-        if len(self.frames) < 2 or self._prev_mean is None or mean == self._prev_mean:
+    def _crossing(self, bgr: np.ndarray, frame: int) -> int:
+        """First frame past the fade threshold, between the previous fed frame and this one.
+
+        Brightness means are taken only here, at the rare frames where the fade state flips
+        (the fade detector computes its own on every frame but does not expose them).
+        """
+        if len(self.frames) < 2 or self._prev_bgr is None:
+            return frame
+        mean, prev_mean = float(bgr.mean()), float(self._prev_bgr.mean())
+        if mean == prev_mean:
             return frame
         prev = self.frames[-2]
-        share = (self.fade.threshold - self._prev_mean) / (mean - self._prev_mean)
+        share = (self.fade.threshold - prev_mean) / (mean - prev_mean)
         return min(frame, max(prev + 1, prev + math.ceil((frame - prev) * share - 1e-9)))
 
     def _time_of(self, frame: int) -> float:
@@ -125,11 +132,10 @@ class SceneDetectShots:
         was = self.fade.last_fade["type"]
         fades = [self._to_cut(c, "fade") for c in self.fade.process_frame(tc, bgr)]
         now = self.fade.last_fade
-        mean = float(bgr.mean())  # what the fade detector compares with its threshold
         if now["type"] == "out" and was != "out":
             # Faded out (or dark from the first frame, which the detector marks "out" at once).
             self._dark = (int(now["frame"].frame_num), None)
-            self._out_at = self._crossing(mean, frame_index)
+            self._out_at = self._crossing(bgr, frame_index)
         elif now["type"] == "in" and was == "out" and self._dark is not None:
             if self._dark[0] == self.frames[0]:
                 fades = []  # opened on black and faded in: there was no shot before
@@ -137,11 +143,11 @@ class SceneDetectShots:
                 # The detector splits mid-way between the first dark and the first bright frame
                 # it saw; with frames skipped those are up to a few frames late, so both are
                 # placed where the brightness crossed the threshold between decoded frames.
-                in_at = self._crossing(mean, frame_index)
+                in_at = self._crossing(bgr, frame_index)
                 split = self._out_at + round((in_at - self._out_at) / 2)
                 fades = [Cut(self._time_of(split), split, "fade")]
             self._dark = (self._dark[0], frame_index)
-        self._prev_mean = mean
+        self._prev_bgr = bgr
         content = [c for c in content if not self._in_dark(c.frame)]
         return content + fades
 

@@ -108,8 +108,9 @@ class _Catalog:
     video_pos: dict[int, int] = field(default_factory=dict)
     clip_video_pos: np.ndarray | None = None  # per clip row: position of its video (-1: none)
 
-    _by_path: tuple[list[str], np.ndarray] | None = None  # paths sorted, and their positions
-    _by_video: tuple[np.ndarray, np.ndarray] | None = None  # clip rows grouped by video, offsets
+    # Built on first use: paths sorted with their positions; clip rows grouped by video + offsets.
+    _by_path: tuple[list[str], np.ndarray] | None = field(default=None, init=False, repr=False)
+    _by_video: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def videos_under(self, folder: str) -> np.ndarray:
         """Positions of the videos at ``folder`` (a file) or below it (a folder): one range of
@@ -145,33 +146,32 @@ class _Catalog:
 
     def clip_ids_matching(self, filters: Filters) -> np.ndarray:
         """Clip ids of the videos that pass ``filters`` (all but its tags, which need DuckDB)."""
-        cat = self
-        ok = np.ones(len(cat.video_ids), bool)
+        ok = np.ones(len(self.video_ids), bool)
         if filters.path_prefix:
             prefix = os.path.abspath(os.path.expanduser(filters.path_prefix))
-            under = np.zeros(len(cat.video_ids), bool)
-            under[cat.videos_under(prefix)] = True
+            under = np.zeros(len(self.video_ids), bool)
+            under[self.videos_under(prefix)] = True
             ok &= under
         if filters.path_glob:
             pattern = filters.path_glob
             ok &= np.array([fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(os.path.basename(p), pattern)
-                            for p in cat.video_path], bool)
+                            for p in self.video_path], bool)
         if filters.min_duration_s is not None:
-            ok &= cat.video_duration >= filters.min_duration_s
+            ok &= self.video_duration >= filters.min_duration_s
         if filters.max_duration_s is not None:
-            ok &= cat.video_duration <= filters.max_duration_s
+            ok &= self.video_duration <= filters.max_duration_s
         if filters.modified_since is not None:
-            ok &= cat.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
+            ok &= self.video_mtime_ns >= int(filters.modified_since.timestamp() * 1e9)
         if filters.indexed_since is not None:
-            ok &= cat.video_indexed_at >= filters.indexed_since.timestamp()
+            ok &= self.video_indexed_at >= filters.indexed_since.timestamp()
         selected = np.flatnonzero(ok)
         if 8 * len(selected) <= len(ok):
             # A selective filter: walk just the chosen videos' clips.
-            allowed = cat.clip_ids[cat.clip_rows_of_videos(selected)]
+            allowed = self.clip_ids[self.clip_rows_of_videos(selected)]
         else:
             # A gather through each clip's video position: O(clips) without sorting, ~1 ms at 1M.
             ok_with_none = np.append(ok, False)  # index -1 (clip of no indexed video) -> False
-            allowed = cat.clip_ids[ok_with_none[cat.clip_video_pos]]
+            allowed = self.clip_ids[ok_with_none[self.clip_video_pos]]
         return allowed
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:

@@ -52,6 +52,15 @@ def make_color_video(path: Path, colors: list[str], seconds_each: float = 2.0, s
     return path
 
 
+def make_varied_videos(folder: Path, n: int, sources: tuple[str, ...], size: str, base_s: int,
+                       prefix: str) -> Path:
+    """``n`` distinct lavfi videos at 30 fps, cycling through ``sources``, lasting base_s..base_s+3 s."""
+    for i in range(n):
+        make_video(folder / f"{prefix}{i:02d}.mp4", f"{sources[i % len(sources)]}=size={size}:rate=30",
+                   duration_s=base_s + (i % 4))
+    return folder
+
+
 @pytest.fixture
 def video_dir(tmp_path: Path) -> Path:
     d = tmp_path / "videos"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_video
+from conftest import make_varied_videos
 from test_cli_support import (Result, assert_all_gone, assert_index_consistent, cli_env, clips_by_path, connect,
                               descendants, faiss_meta_ntotal, index_args, kill_group, popen_vidx, query,
                               ray_tmp, run_vidx, vectors, videos, wait_for)  # noqa: F401
@@ -37,11 +37,7 @@ def _env(ray_dir, **extra):
 
 @pytest.fixture(scope="module")
 def corpus25(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus25")
-    for i in range(N_VIDEOS):
-        make_video(folder / f"v{i:02d}.mp4", f"{SOURCES[i % len(SOURCES)]}=size=320x180:rate=30",
-                   duration_s=3 + (i % 4))
-    return folder
+    return make_varied_videos(tmp_path_factory.mktemp("corpus25"), N_VIDEOS, SOURCES, "320x180", 3, "v")
 
 
 @pytest.fixture(scope="module")

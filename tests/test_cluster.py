@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_video
+from conftest import make_varied_videos
 from test_cli_support import (Result, assert_index_consistent, cli_env, clips_by_path, index_args, query,  # noqa: F401
                               ray_tmp, run_vidx, vectors, videos)
 
@@ -186,11 +186,7 @@ def cluster(tmp_path):
 @pytest.fixture(scope="module")
 def corpus8(tmp_path_factory) -> Path:
     """Eight distinct generated videos (640x360, 4-7 s): each decodes for a second or more."""
-    folder = tmp_path_factory.mktemp("corpus8")
-    for i in range(N_VIDEOS):
-        make_video(folder / f"c{i}.mp4", f"{SOURCES[i % len(SOURCES)]}=size=640x360:rate=30",
-                   duration_s=4 + (i % 4))
-    return folder
+    return make_varied_videos(tmp_path_factory.mktemp("corpus8"), N_VIDEOS, SOURCES, "640x360", 4, "c")
 
 
 def json_summary(res: Result) -> dict:
