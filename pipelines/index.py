@@ -66,6 +66,7 @@ class IndexSummary:
     deleted: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_before: int = 0  # unchanged files that failed in an earlier run (not retried)
     clips_added: int = 0
     frames_embedded: int = 0
     video_seconds: float = 0.0
@@ -169,6 +170,7 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
     log.info("plan: %d to index, %d unchanged, %d renamed, %d copies, %d deleted", len(plan.to_index),
              len(plan.unchanged), len(plan.renamed), len(plan.copies), len(plan.deleted))
     summary.unchanged = len(plan.unchanged)
+    summary.failed_before = sum(1 for s in plan.unchanged if s.status == "failed")
     for f, reason in plan.unreadable:
         summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
     summary.failed += len(plan.unreadable)

@@ -128,6 +128,7 @@ def test_shared_corpus_index_status_and_noop_rerun(corpus_run):
     s2 = again.json
     assert (s2["indexed"], s2["unchanged"], s2["failed"], s2["skipped"], s2["deleted"], s2["renamed"],
             s2["copied"], s2["frames_embedded"]) == (0, 62, 0, 0, 0, 0, 0, 0)
+    assert s2["failed_before"] == by_status.get("failed", 0) > 0  # the earlier failures still stand
     assert not ray_started(ray_tmp), "a run with nothing to do started Ray"
     assert again.wall_s < 5.0, f"no-op run took {again.wall_s:.1f} s (Ray or a model was started?)"
     assert query(db, "SELECT count(*) FROM clips")[0][0] == n_clips

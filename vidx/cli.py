@@ -144,6 +144,9 @@ def cmd_index(args: argparse.Namespace) -> int:
               f"({s.times_realtime:.1f}x realtime)")
         for f in s.failures:
             print(f"  {f['status']}: {f['path']}: {f['reason']}")
+        if s.failed_before:
+            print(f"  {s.failed_before} unchanged file(s) failed in an earlier run and were not tried again "
+                  f"('vidx status' lists why; --retry-failed tries them again)")
         if s.status == "interrupted":
             print("  interrupted: finished videos are saved; run the same command again to continue")
     return EXIT_INTERRUPTED if summary.status == "interrupted" else EXIT_OK
