@@ -22,6 +22,7 @@ from indexer.clips import plan_clips
 from indexer.decode import DecodeStats, DecodeTimeout, ShotSpan, iter_shot_chunks, iter_snippet_chunks
 from indexer.model import LoadedModel, consensus
 from indexer.probe import ProbeFailure, probe_video
+from indexer.config import Settings
 from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
 
 
@@ -44,7 +45,8 @@ class VideoJob:
     shot_reference_frames_only: bool = True  # skip unreferenced frames (see iter_shot_chunks)
 
 
-def make_video_jobs(to_index, settings, short_side: int, chunk_frames: int) -> list[VideoJob]:
+def make_video_jobs(to_index: list[tuple[VideoFile, str]], settings: Settings, short_side: int,
+                    chunk_frames: int) -> list[VideoJob]:
     """One VideoJob per (file, fingerprint) to index, from the run's Settings."""
     shots = settings.shots and settings.sampling == "exact"
     return [VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, short_side,
