@@ -287,6 +287,10 @@ class Searcher:
 
     def vector_at(self, path: str, time_s: float) -> np.ndarray:
         """The stored vector of the clip of ``path`` that contains ``time_s`` (no decoding)."""
+        return self.clip_at(path, time_s)[1]
+
+    def clip_at(self, path: str, time_s: float) -> tuple[int, np.ndarray]:
+        """(clip id, stored vector) of the clip of ``path`` that contains ``time_s``."""
         cat = self.catalog
         full = os.path.abspath(os.path.expanduser(path))
         try:
@@ -301,7 +305,7 @@ class Searcher:
         clip_id = int(cat.clip_ids[inside[0]])
         with IndexStore(self.index_dir, read_only=True) as store:
             row = _one(store.con.execute("SELECT vector FROM clip_vectors WHERE clip_id = ?", [clip_id]))
-        return np.asarray(row[0], np.float32)
+        return clip_id, np.asarray(row[0], np.float32)
 
     def search(self, text: str, k: int = 10, filters: Filters | None = None, **kw) -> list[Hit]:
         return self.search_vector(self.embed_text(text), k, filters, **kw)
@@ -310,13 +314,18 @@ class Searcher:
         return self.search_vector(self.embed_image(image_path), k, filters, **kw)
 
     def search_like(self, path: str, time_s: float, k: int = 10, filters: Filters | None = None,
-                    **kw) -> list[Hit]:
-        return self.search_vector(self.vector_at(path, time_s), k, filters, **kw)
+                    include_source: bool = False, **kw) -> list[Hit]:
+        """Moments like the one at ``time_s`` of ``path``. The source moment itself (its clip
+        and the neighbours that merge with it) is left out unless ``include_source``."""
+        clip_id, vector = self.clip_at(path, time_s)
+        return self.search_vector(vector, k, filters, exclude_moment_of=None if include_source else clip_id, **kw)
 
     def search_vector(self, query: np.ndarray, k: int = 10, filters: Filters | None = None,
                       per_video: int = 2, min_score: float | None = None, merge: bool = True,
-                      group: str = "clip", merge_margin: float = 0.03) -> list[Hit]:
-        """Ranked moments for an embedding. ``group='video'`` ranks whole videos (one hit each)."""
+                      group: str = "clip", merge_margin: float = 0.03,
+                      exclude_moment_of: int | None = None) -> list[Hit]:
+        """Ranked moments for an embedding. ``group='video'`` ranks whole videos (one hit each).
+        ``exclude_moment_of``: leave out the moment that contains this clip id."""
         if k < 1:
             raise SearchError("k must be at least 1")
         allowed = self.allowed_clip_ids(filters) if filters is not None and filters.active else None
@@ -331,7 +340,7 @@ class Searcher:
             scores, ids = vec.search_index(self.index, query[None].astype(np.float32), fetch, allowed)
             keep = ids[0] >= 0
             hits, exhausted = self._moments(ids[0][keep], scores[0][keep], k, per_video, min_score,
-                                            merge_margin if merge else None)
+                                            merge_margin if merge else None, exclude_moment_of)
             if len(hits) >= k or fetch >= total or exhausted:
                 return self._with_tags(hits[:k])
             fetch = min(total, fetch * 4)
@@ -370,7 +379,8 @@ class Searcher:
         return out
 
     def _moments(self, ids: np.ndarray, scores: np.ndarray, k: int, per_video: int,
-                 min_score: float | None, merge_margin: float | None) -> tuple[list[Hit], bool]:
+                 min_score: float | None, merge_margin: float | None,
+                 exclude_moment_of: int | None = None) -> tuple[list[Hit], bool]:
         """Group candidate clips into moments; returns (hits, whether the score floor was reached).
 
         A neighbouring clip joins a moment when it is itself a candidate scoring within
@@ -410,6 +420,8 @@ class Searcher:
                         j += step
             member_ids = [members[j] for j in sorted(members)]
             used.update(member_ids)
+            if exclude_moment_of is not None and exclude_moment_of in members.values():
+                continue  # "more like this": the source moment is not a result (nor counts per video)
             member_rows = cat.rows_of(np.array(member_ids, np.int64))
             vpos = cat.video_pos[video]
             hits.append(Hit(path=cat.video_path[vpos], video_id=video,

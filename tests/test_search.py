@@ -128,8 +128,15 @@ def test_min_score_drops_weak_results(colour_index):
 def test_more_like_this_moment_and_image_query(colour_index, tmp_path):
     index, videos = colour_index
     s = searcher_for(index)
+    own = s.search_like(str(videos / "rgb.mp4"), 9.0, k=3, include_source=True)
+    assert own[0].path == str(videos / "rgb.mp4") and own[0].start_s == pytest.approx(8.0, abs=0.15)
+    assert own[0].score == pytest.approx(1.0, abs=1e-5)
+    # By default the source moment (the blue shot, 8-12 s, all its clips) is not a result.
     like = s.search_like(str(videos / "rgb.mp4"), 9.0, k=3)
-    assert like[0].path == str(videos / "rgb.mp4") and like[0].start_s == pytest.approx(8.0, abs=0.15)
+    assert len(like) == 3
+    assert not any(h.path == str(videos / "rgb.mp4") and h.start_s < 12.0 - 0.15 and h.end_s > 8.0 + 0.15
+                   for h in like)
+    assert not set(own[0].clip_ids) & {c for h in like for c in h.clip_ids}
     from PIL import Image
 
     img = tmp_path / "magenta.png"

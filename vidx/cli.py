@@ -152,6 +152,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary.status == "interrupted" else EXIT_OK
 
 
+def _score_text(score: float) -> str:
+    """A score with 3 decimals; never "-0.000" (a tiny negative cosine reads as zero)."""
+    text = f"{score:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 def _parse_time_of_day(text: str) -> float:
     """Seconds from '12.5', '1:02.5' or '01:02:03.250'."""
     parts = text.split(":")
@@ -208,7 +214,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, 1):
         d = hit.as_dict(args.player)
         tags = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
-        print(f"{rank:3d}  {hit.score:.3f}  {hit.path}  {d['start']}-{d['end']} "
+        print(f"{rank:3d}  {_score_text(hit.score)}  {hit.path}  {d['start']}-{d['end']} "
               f"({hit.start_s:.3f}-{hit.end_s:.3f} s){tags}")
         print(f"       {d['play']}")
     return EXIT_OK
@@ -250,7 +256,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{'in sync' if status['faiss']['in_sync'] else 'OUT OF SYNC (rebuilt on next use)'}")
     if status["last_run"]:
         r = status["last_run"]
-        print(f"  last run   #{r['run_id']} {r['kind']} {r['status']} at {r['started_at']}")
+        print(f"  last run   #{r['run_id']} {r['kind']} {r['status']} at {str(r['started_at'])[:19]}")
     for f in status["failures"]:
         print(f"  {f['status']}: {f['path']}: {f['reason']}")
     return EXIT_OK
