@@ -9,7 +9,7 @@ This prototype removes the walk entirely, to bound what any walk-free design cou
   1. it copies every SQ8 code into one array in list order (a second copy of the vectors,
      ~512 B/vector more: over the 700 B/vector budget, hence "prototype"), with an
      id -> row map;
-  2. per query: centroid scores (numpy), the same allowed-vector budget picked by centroid
+  2. per query: centroid scores (FAISS), the same allowed-vector budget picked by centroid
      score (argpartition), the chosen codes gathered, scored by FAISS's own SQ8 code
      (``IndexScalarQuantizer`` with the IVF's trained quantizer: residual scores) plus the
      centroid term, top 160.
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     row_of = np.full(int(ids.max()) + 1, -1, np.int64)
     row_of[ids] = np.arange(len(ids))
     list_of = np.repeat(np.arange(nlist), sizes).astype(np.int16)
-    centroids = faiss.downcast_index(ivf.quantizer).reconstruct_n(0, nlist)
     scorer = faiss.IndexScalarQuantizer(ivf.d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     scorer.sq = ivf.sq  # the IVF's trained quantizer: decodes residuals
     scorer.is_trained = True
