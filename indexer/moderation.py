@@ -636,7 +636,11 @@ class ModerationStore:
 
     def __init__(self, store):
         self.store = store
-        self.con = store.con
+
+    @property
+    def con(self):
+        # Not cached: a writer's connection is closed between batches (IndexStore.release_connection).
+        return self.store.con
 
     # -- schema ------------------------------------------------------------------------
     def ensure_schema(self) -> None:

@@ -175,14 +175,42 @@ class IndexStore:
     """Read/write access to one index directory. Use as a context manager.
 
     ``read_only=True`` opens an existing index for queries and takes no lock.
+
+    DuckDB lets one process open a database file for writing and then no other process
+    may open it at all, not even read-only. So that an archive can be searched (and
+    ``vidx status`` read) while a long ``vidx index`` runs, a writer gives the file back
+    between its batches (``release_connection``, called after each committed batch) and
+    reopens it on its next use of ``con``; the writer lock (``writer.lock``) stays held
+    all along, so a second writer is still refused. A reader that finds the file open
+    waits up to ``read_wait_s`` for the writer's batch to end; a writer that finds a
+    reader waits up to ``write_wait_s`` (readers hold the file for a second or two).
     """
 
-    def __init__(self, index_dir: str, read_only: bool = False):
+    def __init__(self, index_dir: str, read_only: bool = False, read_wait_s: float = 30.0,
+                 write_wait_s: float = 300.0):
         self.index_dir = os.path.abspath(index_dir)
         self.read_only = read_only
         self.db_path = os.path.join(self.index_dir, DB_FILE)
         self._lock = None if read_only else WriterLock(self.index_dir)
-        self.con: duckdb.DuckDBPyConnection | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened = False  # between open() and close(); con reconnects after release_connection()
+        self.read_wait_s = read_wait_s
+        self.write_wait_s = write_wait_s
+        self.reader_wait_s = 0.0  # how long this writer waited for readers to close the file
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection | None:
+        """The DuckDB connection; reopened (waiting for readers) after ``release_connection``."""
+        if self._con is None and self._opened and not self.read_only:
+            self._con = self._connect_writable(self.write_wait_s)
+        return self._con
+
+    def release_connection(self) -> None:
+        """Close DuckDB (its WAL is checkpointed) until the next use of ``con``, so that other
+        processes can read the index meanwhile. Keeps the writer lock. No-op for readers."""
+        if self._con is not None and not self.read_only:
+            self._con.close()
+            self._con = None
 
     # -- lifecycle -----------------------------------------------------------------
     def open(self) -> "IndexStore":
@@ -190,19 +218,15 @@ class IndexStore:
             if not os.path.exists(self.db_path):
                 raise IndexMissing(f"no index at {self.index_dir}; build one with 'vidx index FOLDER' "
                                    f"(or point --db / VIDX_DB at an existing index)")
-            try:
-                self.con = duckdb.connect(self.db_path, read_only=True)
-            except duckdb.IOException as exc:
-                if "lock" in str(exc).lower():
-                    raise IndexLocked(f"index {self.index_dir} is being written by 'vidx index' right now; "
-                                      f"query it when that run finishes") from None
-                raise
+            self._con = self._connect_read_only()
+            self._opened = True
             self._check_version()
             return self
         os.makedirs(self.index_dir, exist_ok=True)
         self._lock.acquire()
         try:
-            self.con = self._connect_writable()
+            self._con = self._connect_writable()
+            self._opened = True
             self.con.execute(_SCHEMA)
             self._init_version()
             # We hold the writer lock, so a run still marked running died (kill -9, power loss).
@@ -211,16 +235,35 @@ class IndexStore:
                 if ".tmp" in name and name.startswith((vec.INDEX_FILE, vec.META_FILE)):
                     os.remove(os.path.join(self.index_dir, name))  # half-written by a killed run
         except BaseException:
-            self._lock.release()
+            self.close()
             raise
         return self
 
-    def _connect_writable(self, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
-        """Open DuckDB for writing; a reader (search, status) holds it only briefly, so wait a little."""
-        deadline = time.monotonic() + wait_s
+    def _connect_read_only(self) -> duckdb.DuckDBPyConnection:
+        """Open DuckDB read-only; while a writer holds the file (one batch), wait for it."""
+        deadline = time.monotonic() + self.read_wait_s
         while True:
             try:
-                return duckdb.connect(self.db_path)
+                return duckdb.connect(self.db_path, read_only=True)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() > deadline:
+                    raise IndexLocked(
+                        f"index {self.index_dir} has been held by a writer ('vidx index', 'vidx moderate' "
+                        f"or a notebook) for {self.read_wait_s:.0f} s; try again when it finishes") from None
+                time.sleep(0.1)
+
+    def _connect_writable(self, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+        """Open DuckDB for writing; a reader (search, status) holds it only briefly, so wait for it."""
+        t0 = time.monotonic()
+        deadline = t0 + wait_s
+        waited = False
+        while True:
+            try:
+                con = duckdb.connect(self.db_path)
+                self.reader_wait_s += time.monotonic() - t0 if waited else 0.0
+                return con
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
                     raise
@@ -229,12 +272,16 @@ class IndexStore:
                     raise IndexLocked(
                         f"index {self.index_dir} is open in another process (pid {holder}), e.g. a "
                         f"search, 'vidx status' or a notebook; close it and run this again") from None
-                time.sleep(0.2)
+                if not waited:
+                    log.debug("DuckDB file of %s is open in a reader; waiting for it", self.index_dir)
+                    waited = True
+                time.sleep(0.1)
 
     def close(self) -> None:
-        if self.con is not None:
-            self.con.close()
-            self.con = None
+        self._opened = False
+        if self._con is not None:
+            self._con.close()
+            self._con = None
         if self._lock is not None:
             self._lock.release()
 

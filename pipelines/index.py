@@ -67,6 +67,7 @@ class IndexSummary:
     failed: int = 0
     skipped: int = 0
     failed_before: int = 0  # unchanged files that failed in an earlier run (not retried)
+    reader_wait_s: float = 0.0  # time the run waited for searches/'vidx status' to close the index
     clips_added: int = 0
     frames_embedded: int = 0
     video_seconds: float = 0.0
@@ -149,6 +150,7 @@ def index_paths(paths: list[str], settings: Settings, retry_failed: bool = False
         finally:
             summary.status = status
             summary.wall_s = time.monotonic() - t_start
+            summary.reader_wait_s = round(store.reader_wait_s, 3)
             summary.model_id = store.index_model() or model_id_before
             store.finish_run(run_id, status, summary.as_dict())
     return summary
@@ -372,7 +374,9 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
         if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
             faiss_index = model_ready.faiss_index = flush_faiss(store, faiss_index, settings)
             last_flush = time.monotonic()
+        store.release_connection()  # searches and 'vidx status' may read the index until the next batch
 
+    store.release_connection()  # the plan is applied; readers are welcome while videos decode
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while jobs or live:

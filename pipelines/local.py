@@ -226,7 +226,9 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
         if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
             faiss_index = flush_faiss(store, faiss_index, settings)
             last_flush = time.monotonic()
+        store.release_connection()  # searches and 'vidx status' may read the index until the next batch
 
+    store.release_connection()  # the plan is applied; readers are welcome while videos decode
     model_loaded = False
     feed: _DecodeFeed | None = None
     try:

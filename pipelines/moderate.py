@@ -432,6 +432,7 @@ def _nudenet_pass(mstore: ModerationStore, policy: Policy, model_id: str, versio
             summary.nudenet_frames += sum(o.frames for o in pending_outcomes)
             pending_outcomes = []
         last_commit = time.monotonic()
+        mstore.store.release_connection()  # searches and 'vidx status' may read the index until the next batch
 
     bar = None
     if show_progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import duckdb
 import faiss
@@ -332,21 +333,76 @@ def test_failed_open_releases_lock(index_dir):
     lock.release()
 
 
-def test_read_only_while_writer_open_then_after(store, index_dir, rng):
-    store.commit_results([result("/v/a.mp4", 1, rng)], PARAMS, 1)
-    store.con.execute("CHECKPOINT")
-    # DuckDB itself refuses a second connection while the writer holds the file: reported clearly.
-    code = ("import sys; sys.path.insert(0, %r)\n"
+def _reader_script(index_dir, wait_s: float, hold_s: float = 0.0) -> str:
+    """A separate process (DuckDB's file lock is per process) that opens the index read-only."""
+    return ("import sys, time; sys.path.insert(0, %r)\n"
             "from indexer.store import IndexStore, IndexLocked\n"
-            "try:\n    IndexStore(%r, read_only=True).open()\n    print('OPEN')\n"
-            "except IndexLocked as e:\n    print('LOCKED', e)\n" % (os.getcwd(), str(index_dir)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            "try:\n"
+            "    with IndexStore(%r, read_only=True, read_wait_s=%r) as ro:\n"
+            "        print('OPEN', sorted(s.path for s in ro.stored_videos()), flush=True)\n"
+            "        time.sleep(%r)\n"
+            "except IndexLocked as e:\n    print('LOCKED', e)\n" % (os.getcwd(), str(index_dir), wait_s, hold_s))
+
+
+def test_readers_wait_for_a_writers_batch_and_read_between_batches(store, index_dir, rng):
+    store.commit_results([result("/v/a.mp4", 1, rng)], PARAMS, 1)
+    # While the writer holds DuckDB (a batch in progress), DuckDB refuses every other process;
+    # a reader waits read_wait_s for the batch to end, then says so clearly.
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", _reader_script(index_dir, 1.0)], capture_output=True, text=True,
+                         timeout=60)
     assert out.stdout.startswith("LOCKED"), out.stdout + out.stderr
-    assert "query it when that run finishes" in out.stdout
+    assert "held by a writer" in out.stdout and "try again" in out.stdout
+    assert time.monotonic() - t0 >= 1.0
+    # Between batches the writer gives the file back (keeping writer.lock): readers get in ...
+    store.release_connection()
+    out = subprocess.run([sys.executable, "-c", _reader_script(index_dir, 1.0)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.startswith("OPEN ['/v/a.mp4']"), out.stdout + out.stderr
+    # ... while a second writer is still refused by the writer lock.
+    with pytest.raises(IndexLocked, match="being written"):
+        IndexStore(str(index_dir)).open()
+    # The writer reconnects by itself on its next batch, which later readers see.
+    store.commit_results([result("/v/b.mp4", 2, rng)], PARAMS, 1)
+    store.release_connection()
+    out = subprocess.run([sys.executable, "-c", _reader_script(index_dir, 1.0)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.startswith("OPEN ['/v/a.mp4', '/v/b.mp4']"), out.stdout + out.stderr
     store.close()
     with IndexStore(str(index_dir), read_only=True) as ro:
-        assert [s.path for s in ro.stored_videos()] == ["/v/a.mp4"]
+        assert [s.path for s in ro.stored_videos()] == ["/v/a.mp4", "/v/b.mp4"]
         assert ro._lock is None
+
+
+def test_writer_waits_for_a_reader_to_finish(store, index_dir, rng):
+    store.commit_results([result("/v/a.mp4", 1, rng)], PARAMS, 1)
+    store.release_connection()
+    reader = subprocess.Popen([sys.executable, "-c", _reader_script(index_dir, 10.0, hold_s=2.0)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().startswith("OPEN"), "the reader could not open the index"
+        t0 = time.monotonic()
+        store.commit_results([result("/v/b.mp4", 2, rng)], PARAMS, 1)  # reconnects once the reader is gone
+        waited = time.monotonic() - t0
+    finally:
+        reader.communicate(timeout=60)
+    assert 0.5 < waited < 30, waited
+    assert 0.5 < store.reader_wait_s <= waited  # reported in the run summary (reader_wait_s)
+    assert [s.path for s in store.stored_videos()] == ["/v/a.mp4", "/v/b.mp4"]
+
+
+def test_writer_gives_up_on_a_reader_that_never_closes(store, index_dir, rng):
+    store.release_connection()
+    store.write_wait_s = 0.5
+    reader = subprocess.Popen([sys.executable, "-c", _reader_script(index_dir, 10.0, hold_s=20.0)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().startswith("OPEN")
+        with pytest.raises(IndexLocked, match="open in another process"):
+            store.commit_results([result("/v/b.mp4", 2, rng)], PARAMS, 1)
+    finally:
+        reader.kill()
+        reader.communicate(timeout=60)
 
 
 # -- FAISS -------------------------------------------------------------------------------------------

@@ -142,6 +142,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"  {s.clips_added} clips, {s.frames_embedded} frames embedded, "
               f"{s.video_seconds / 3600:.3f} video hours in {_fmt_duration(s.wall_s)} wall "
               f"({s.times_realtime:.1f}x realtime)")
+        if s.reader_wait_s >= 1.0:
+            print(f"  waited {s.reader_wait_s:.1f} s in all for searches / 'vidx status' to let go of the index")
         for f in s.failures:
             print(f"  {f['status']}: {f['path']}: {f['reason']}")
         if s.failed_before:
