@@ -17,6 +17,7 @@ it is the conservative number, and the one the targets are stated in.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import shutil
@@ -241,6 +242,12 @@ def busy_warning(info: Mapping) -> str | None:
 
 
 # --------------------------------------------------------------------------- inputs
+
+def write_json_out(path: str | os.PathLike | None, result: Mapping) -> None:
+    """Write a benchmark's result dict to ``--json-out`` (nothing when no path was given)."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1, default=str) + "\n")
+
 
 def copy_inputs(files: Iterable[str | os.PathLike], src_dir: str | os.PathLike,
                 dst_dir: str | os.PathLike) -> list[Path]:

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import BENCH_FILES, SHARED_VIDEOS, clean_vidx_env, copy_inputs, machine_info  # noqa: E402
+from bench.common import (BENCH_FILES, SHARED_VIDEOS, clean_vidx_env, copy_inputs, machine_info,  # noqa: E402
+                          write_json_out)
 
 _DAEMON_MARKERS = ("gcs_server", "raylet", "plasma", "dashboard", "log_monitor", "monitor.py",
                    "RuntimeEnvAgent", "DashboardAgent", "runtime_env", "ray_client")
@@ -181,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model-only CPU for the {frames} frames: {res['model_only_cpu_s']:.1f} CPU-s; everything else "
               f"{res['non_model_cpu_s']:.1f} CPU-s; no schedule of this work can finish in under "
               f"{res['min_wall_s_any_schedule']:.1f} s")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(res, fh, indent=1)
+    write_json_out(args.json_out, res)
     return 0
 
 

@@ -23,7 +23,6 @@ Run:   .venv/bin/python bench/filtered_direct.py --workdir /tmp/sb [--queries 50
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info  # noqa: E402
+from bench.common import machine_info, write_json_out  # noqa: E402
 
 FETCH = 160  # candidates per query, as search.Searcher asks for k=10
 
@@ -156,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  walk-free lower bound (every step but the final ranking): p50 {res['direct_lower_bound_p50_ms']:.3f} ms "
           f"= x{res['direct_lower_bound_p50_ms'] / res['p50_ms']['unfiltered']:.2f} unfiltered "
           f"(vidx filtered: x{res['p50_ms']['vidx filtered'] / res['p50_ms']['unfiltered']:.2f})")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(res, fh, indent=1)
+    write_json_out(args.json_out, res)
     return 0
 
 

@@ -12,7 +12,6 @@ Run:   .venv/bin/python bench/onnxruntime_vs_torch.py [--repeats 5] [--json-out 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info  # noqa: E402
+from bench.common import machine_info, write_json_out  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ViT-B-32 image tower, batch {args.batch}, {args.threads} threads, {args.repeats} alternating repeats: "
           f"PyTorch {res['torch_median']:.1f} ms/frame, ONNX Runtime {ort.__version__} {res['ort_median']:.1f} "
           f"ms/frame (x{res['torch_median'] / res['ort_median']:.2f}); embeddings agree to cosine {cos:.6f}")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(res, fh, indent=1)
+    write_json_out(args.json_out, res)
     return 0
 
 

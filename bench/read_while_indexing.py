@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import BENCH_FILES, SHARED_VIDEOS, clean_vidx_env, copy_inputs, machine_info  # noqa: E402
+from bench.common import (BENCH_FILES, SHARED_VIDEOS, clean_vidx_env, copy_inputs, machine_info,  # noqa: E402
+                          write_json_out)
 
 MODEL = ["--model", "ViT-B-32", "--pretrained", "random"]
 
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
           f"videos seen indexed")
     print(f"  'vidx search' during the run: {stats(r['search_walls_s'])}")
     print(f"  readers that failed: {r['reader_failures']}")
-    if args.json_out:
-        with open(args.json_out, "w") as fh:
-            json.dump(res, fh, indent=1)
+    write_json_out(args.json_out, res)
     return 0 if r["writer_rc"] == 0 and r["reader_failures"] == 0 else 1
 
 
