@@ -166,9 +166,59 @@ class WriterLock(FileLock):
     def __init__(self, index_dir: str):
         super().__init__(os.path.join(index_dir, LOCK_FILE))
 
+    def current_holder(self) -> str | None:
+        """Who holds the lock now ("vidx pid N on HOST since T"), or None; never takes the lock
+        (even a shared probe could make a writer starting at that instant fail)."""
+        try:
+            with open(self.path) as fh:
+                text = fh.read().strip()
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            return None
+        held = _flock_held(inode)
+        if held is None:  # no /proc/locks: the named process on this host is alive
+            held = _named_process_alive(text)
+        return (text or "another process") if held else None
+
     def locked_message(self, holder: str) -> str:
         return (f"index {os.path.dirname(self.path)} is being written by {holder}; wait for it to "
                 f"finish (or stop it), or use another index with --db")
+
+
+def _flock_held(inode: int) -> bool | None:
+    """Whether some process holds a flock on the file with this inode (Linux /proc/locks)."""
+    try:
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("->" marks a waiter)
+        if len(parts) >= 6 and "FLOCK" in parts and "->" not in parts:
+            dev_inode = parts[parts.index("FLOCK") + 4]
+            if dev_inode.rsplit(":", 1)[-1] == str(inode):
+                return True
+    return False
+
+
+def _named_process_alive(holder: str) -> bool:
+    """For "vidx pid N on HOST ...": is N alive here (other hosts: assume so)?"""
+    words = holder.split()
+    try:
+        pid = int(words[words.index("pid") + 1])
+        host = words[words.index("on") + 1]
+    except (ValueError, IndexError):
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class IndexStore:
@@ -617,8 +667,10 @@ class IndexStore:
         size = sum(os.path.getsize(os.path.join(self.index_dir, f)) for f in os.listdir(self.index_dir)
                    if os.path.isfile(os.path.join(self.index_dir, f)))
         meta = vec.read_meta(self.index_dir) or {}
+        holder = WriterLock(self.index_dir).current_holder() if self.read_only else None
         return {
             "index_dir": self.index_dir,
+            "writer": holder,  # the process writing the index right now (readers only), else None
             "schema_version": SCHEMA_VERSION,
             "model_id": self.index_model(),
             "videos": {k: int(counts.get(k, 0)) for k in ("indexed", "failed", "skipped")},

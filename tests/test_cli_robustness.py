@@ -144,6 +144,7 @@ def test_search_and_status_work_while_indexing(reference):
     status_mid, searcher = reference["status_mid"], reference["searcher"]
     assert status_mid is not None, "no 'vidx status' saw a committed video while the run went on"
     assert status_mid.json["last_run"]["status"] == "running", status_mid.json["last_run"]
+    assert f"vidx pid {reference['first_pid']}" in status_mid.json["writer"], status_mid.json
     assert 1 <= status_mid.json["videos"]["indexed"] <= N_VIDEOS
     assert searcher is not None and searcher.rc == 0, searcher.describe() if searcher else "no search"
     hits = searcher.json
@@ -203,6 +204,11 @@ def test_kill_9_twice_then_resume(corpus25, reference, tmp_path, ray_tmp):
     assert 0 < n1 < N_VIDEOS, f"kill 1 (+{delay1:.2f} s) did not land mid-run: {n1} videos committed"
     assert_index_consistent(db, check_faiss=False)  # FAISS may lag DuckDB after a crash
     _assert_matches_reference(db, reference)  # every committed video is whole
+    # 'vidx status' tells a crashed run (marked running, its process gone) from a running one.
+    told = run_vidx(["status", "--db", str(db)], env, timeout=120)
+    assert told.rc == 0 and "stopped without finishing" in told.stdout, told.describe()
+    told = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
+    assert told.json["writer"] is None and told.json["last_run"]["status"] == "running", told.json
     clips1 = query(db, "SELECT count(*) FROM clips")[0][0]
     stale = tmp_path / "stale-faiss"
     stale.mkdir()

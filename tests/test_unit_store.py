@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -321,6 +322,44 @@ def test_lock_held_by_other_process(store, index_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("LOCKED"), out.stderr
     assert f"vidx pid {os.getpid()}" in out.stdout
+
+
+def test_writer_lock_current_holder_never_takes_the_lock(tmp_path):
+    lock = WriterLock(str(tmp_path))
+    assert lock.current_holder() is None  # no lock file yet
+    lock.acquire()
+    try:
+        assert f"vidx pid {os.getpid()}" in lock.current_holder()
+        with pytest.raises(IndexLocked):  # the probe did not take or break the lock
+            WriterLock(str(tmp_path)).acquire()
+    finally:
+        lock.release()
+    assert lock.current_holder() is None  # the file still names the last writer, but nobody holds it
+
+
+def test_named_process_alive_reads_the_lock_text():
+    from indexer.store import _named_process_alive
+
+    here = socket.gethostname()
+    assert _named_process_alive(f"vidx pid {os.getpid()} on {here} since 2026-01-01 00:00:00")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not _named_process_alive(f"vidx pid {dead.pid} on {here} since 2026-01-01 00:00:00")
+    assert _named_process_alive("vidx pid 1 on some-other-host since 2026-01-01 00:00:00")  # cannot tell: assume so
+    assert not _named_process_alive("garbage")
+
+
+def test_status_names_the_running_writer(store, index_dir, rng):
+    store.commit_results([result("/v/a.mp4", 1, rng)], PARAMS, 1)
+    store.release_connection()
+    out = subprocess.run([sys.executable, "-c", "import sys, json; sys.path.insert(0, %r)\n"
+                          "from indexer.store import IndexStore\n"
+                          "with IndexStore(%r, read_only=True) as ro:\n    print(json.dumps(ro.status()['writer']))"
+                          % (os.getcwd(), str(index_dir))], capture_output=True, text=True, timeout=60)
+    assert f"vidx pid {os.getpid()}" in out.stdout, out.stdout + out.stderr
+    store.close()
+    with IndexStore(str(index_dir), read_only=True) as ro:
+        assert ro.status()["writer"] is None
 
 
 def test_failed_open_releases_lock(index_dir):

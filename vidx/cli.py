@@ -254,11 +254,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  model      {status['model_id']}")
     print(f"  videos     {v['indexed']} indexed, {v['failed']} failed, {v['skipped']} skipped")
     print(f"  clips      {status['clips']} ({status['video_hours']:.3f} video hours)")
-    print(f"  size       {status['index_bytes'] / 1e6:.1f} MB; FAISS {status['faiss']['type']} "
-          f"{'in sync' if status['faiss']['in_sync'] else 'OUT OF SYNC (rebuilt on next use)'}")
+    faiss, writer = status["faiss"], status["writer"]
+    if faiss["in_sync"]:
+        faiss_text = f"FAISS {faiss['type']} in sync"
+    elif writer:  # a running index writes the FAISS file every faiss_flush_s, DuckDB every batch
+        faiss_text = (f"FAISS {faiss['type'] or 'not written yet'}, {faiss['ntotal'] or 0} of {status['clips']} "
+                      f"clips (written every {settings.faiss_flush_s:g} s while indexing; searches add the "
+                      f"newest clips from DuckDB)")
+    else:
+        faiss_text = f"FAISS {faiss['type']} OUT OF SYNC (rebuilt on next use)"
+    print(f"  size       {status['index_bytes'] / 1e6:.1f} MB; {faiss_text}")
     if status["last_run"]:
         r = status["last_run"]
-        print(f"  last run   #{r['run_id']} {r['kind']} {r['status']} at {str(r['started_at'])[:19]}")
+        started = str(r["started_at"])[:19]
+        if r["status"] == "running" and writer:
+            print(f"  last run   #{r['run_id']} {r['kind']} running since {started} ({writer})")
+        elif r["status"] == "running":
+            print(f"  last run   #{r['run_id']} {r['kind']} started {started} and stopped without finishing "
+                  f"(its process is gone); committed videos are kept: run the same 'vidx index' again to go on")
+        else:
+            print(f"  last run   #{r['run_id']} {r['kind']} {r['status']} at {started}")
+    elif writer:
+        print(f"  writer     {writer}")
     for f in status["failures"]:
         print(f"  {f['status']}: {f['path']}: {f['reason']}")
     return EXIT_OK
