@@ -175,7 +175,7 @@ class WriterLock(FileLock):
             inode = os.stat(self.path).st_ino
         except OSError:
             return None
-        held = _flock_held(inode)
+        held = _flock_held(os.stat(self.path).st_dev, inode)
         if held is None:  # no /proc/locks: the named process on this host is alive
             held = _named_process_alive(text)
         return (text or "another process") if held else None
@@ -185,20 +185,26 @@ class WriterLock(FileLock):
                 f"finish (or stop it), or use another index with --db")
 
 
-def _flock_held(inode: int) -> bool | None:
-    """Whether some process holds a flock on the file with this inode (Linux /proc/locks)."""
+def _flock_held(device: int, inode: int) -> bool | None:
+    """Whether some process holds a flock on the file (device, inode); None without /proc/locks."""
     try:
         with open("/proc/locks") as fh:
             lines = fh.read().splitlines()
     except OSError:
         return None
+    want = (os.major(device), os.minor(device), inode)
     for line in lines:
         parts = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("->" marks a waiter)
-        if len(parts) >= 6 and "FLOCK" in parts and "->" not in parts:
-            dev_inode = parts[parts.index("FLOCK") + 4]
-            if dev_inode.rsplit(":", 1)[-1] == str(inode):
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF": major:minor in hex, inode in decimal;
+        # "->" marks a process waiting for the lock, not holding it.
+        if "FLOCK" not in parts or "->" in parts:
+            continue
+        try:
+            major, minor, ino = parts[parts.index("FLOCK") + 4].split(":")
+            if (int(major, 16), int(minor, 16), int(ino)) == want:
                 return True
+        except (IndexError, ValueError):
+            continue
     return False
 
 
