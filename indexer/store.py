@@ -172,10 +172,10 @@ class WriterLock(FileLock):
         try:
             with open(self.path) as fh:
                 text = fh.read().strip()
-            inode = os.stat(self.path).st_ino
+                st = os.fstat(fh.fileno())
         except OSError:
             return None
-        held = _flock_held(os.stat(self.path).st_dev, inode)
+        held = _flock_held(st.st_dev, st.st_ino)
         if held is None:  # no /proc/locks: the named process on this host is alive
             held = _named_process_alive(text)
         return (text or "another process") if held else None
