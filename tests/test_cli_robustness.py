@@ -62,34 +62,93 @@ def _per_video(db: Path) -> dict[str, dict]:
     return out
 
 
+def _ray_workers(pid: int) -> list:
+    """The Ray worker processes (decode tasks, the model actor) under the driver ``pid``; the GCS
+    and raylet are left out, so pausing these does not upset Ray's own health checks."""
+    import psutil
+
+    workers = []
+    for proc in descendants(pid):
+        try:
+            if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::"):
+                workers.append(proc)
+        except psutil.Error:
+            pass
+    return workers
+
+
+def _resume(paused: list) -> None:
+    import psutil
+
+    for proc in paused:
+        try:
+            proc.send_signal(signal.SIGCONT)
+        except psutil.Error:
+            pass
+    paused.clear()
+
+
+def _indexed_so_far(db: Path, env: dict) -> int:
+    status = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
+    return status.json["videos"]["indexed"] if status.rc == 0 else 0
+
+
+def _pause_until_settled(first, db: Path, env: dict, paused: list) -> Result | None:
+    """SIGSTOP every Ray worker of ``first`` (again for workers Ray starts meanwhile) until two
+    'vidx status' reads 1 s apart agree on the number of indexed videos: the driver has committed
+    all the work its workers finished. Returns that status, or None when the run ended."""
+    last = None
+    while first.poll() is None:
+        for proc in _ray_workers(first.pid):
+            if proc not in paused:
+                proc.send_signal(signal.SIGSTOP)
+                paused.append(proc)
+        status = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
+        assert status.rc == 0, status.describe()
+        if last is not None and status.json["videos"]["indexed"] == last.json["videos"]["indexed"]:
+            return status
+        last = status
+        time.sleep(1.0)
+    return None
+
+
 @pytest.fixture(scope="module")
 def reference(corpus25, tmp_path_factory, module_ray_tmp):
     """A clean run over the 25 videos; while it runs, a second writer, 'vidx status' and, once a
-    batch is committed, 'vidx search' try the index."""
+    batch is committed, 'vidx search' try the index.
+
+    The mid-run readers run while the run's Ray workers are paused (SIGSTOP), so "during the run"
+    does not depend on how fast this machine is: the driver is alive, holds writer.lock, and has
+    given DuckDB back between batches, exactly as during a long decode."""
+    import psutil
+
     root = tmp_path_factory.mktemp("reference")
     folder = _copy(corpus25, root / "videos")
     db = root / "index"
     env = _env(module_ray_tmp)
     t0 = time.monotonic()
     first = popen_vidx(index_args([folder], db, *ARGS), env)
+    paused: list = []
     try:
         # The writer holds writer.lock (naming itself).
         wait_for(lambda: (db / "writer.lock").exists() and f"vidx pid {first.pid}" in
                  (db / "writer.lock").read_text(), first, 120, "the first writer to hold the index")
         second = run_vidx(index_args([folder], db, *ARGS), env, timeout=120)
         reader = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
-        # Search what is indexed so far, as soon as a batch is committed and while the run goes on.
-        searcher, status_mid = None, None
-        deadline = time.monotonic() + 120
-        while first.poll() is None and time.monotonic() < deadline:
-            probe = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
-            if probe.rc == 0 and probe.json["videos"]["indexed"] >= 1:
-                status_mid = probe
-                searcher = run_vidx(["search", "a test pattern", "--db", str(db), "--json", "-k", "3", *TINY], env,
-                                    timeout=120)
-                break
-            time.sleep(0.3)
         first_running_after = first.poll() is None
+        # Once a batch is committed, pause the workers, let the driver commit what they had
+        # already finished, and read.
+        wait_for(lambda: _indexed_so_far(db, env) >= 1, first, 180, "a first committed video")
+        searcher, status_after = None, None
+        status_mid = _pause_until_settled(first, db, env, paused)
+        if status_mid is not None:
+            searcher = run_vidx(["search", "a test pattern", "--db", str(db), "--json", "-k", "3", *TINY],
+                                env, timeout=120)
+            status_after = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
+        mid_run = {"running_after_readers": first.poll() is None}
+    finally:
+        _resume(paused)
+    try:
         out, err = first.communicate(timeout=420)
     finally:
         kill_group(first)
@@ -98,7 +157,7 @@ def reference(corpus25, tmp_path_factory, module_ray_tmp):
     assert res.json["indexed"] == N_VIDEOS, res.json
     return {"db": db, "folder": folder, "result": res, "per_video": _per_video(db), "second": second,
             "reader": reader, "first_pid": first.pid, "first_running_after": first_running_after,
-            "status_mid": status_mid, "searcher": searcher}
+            "status_mid": status_mid, "status_after": status_after, "searcher": searcher, "mid_run": mid_run}
 
 
 def _assert_matches_reference(db: Path, reference: dict, names: list[str] | None = None) -> None:
@@ -143,6 +202,11 @@ def test_second_writer_is_refused_while_first_runs(reference):
 def test_search_and_status_work_while_indexing(reference):
     status_mid, searcher = reference["status_mid"], reference["searcher"]
     assert status_mid is not None, "no 'vidx status' saw a committed video while the run went on"
+    # the readers really ran mid-run: workers were paused, the writer was still alive afterwards
+    # and no video was committed while they read
+    assert reference["mid_run"]["running_after_readers"], reference["mid_run"]
+    assert status_mid.rc == 0, status_mid.describe()
+    assert reference["status_after"].json["videos"]["indexed"] == status_mid.json["videos"]["indexed"]
     assert status_mid.json["last_run"]["status"] == "running", status_mid.json["last_run"]
     assert f"vidx pid {reference['first_pid']}" in status_mid.json["writer"], status_mid.json
     assert 1 <= status_mid.json["videos"]["indexed"] <= N_VIDEOS
