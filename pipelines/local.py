@@ -53,6 +53,12 @@ log = logging.getLogger(__name__)
 
 _QUEUE_ITEMS = 6  # headers + frame arrays buffered between the decode thread and the model (3 chunks)
 _POLL_S = 0.5  # how often the model thread looks at the clock while waiting for the decoder
+# How long closing the feed waits for the decode thread to stop. Python's shutdown ends a daemon
+# thread that is still in native code with pthread_exit when it next asks for the GIL, and inside
+# C++ that swallows the unwind (OpenCV's bindings, used by shot detection) the process aborts
+# ("FATAL: exception not rethrown", exit -6) instead of exiting 130 after Ctrl-C. So the thread is
+# waited for; it stops at its next chunk.
+_JOIN_S = 30.0
 
 
 @dataclasses.dataclass
@@ -122,6 +128,8 @@ class _DecodeFeed:
 
     def close(self) -> None:
         self.worker.stop.set()
+        if self.worker.thread is not threading.current_thread():
+            self.worker.thread.join(_JOIN_S)
 
     def __iter__(self) -> Iterator[tuple[int, object]]:
         current, started = -1, time.monotonic()
@@ -302,6 +310,25 @@ def index_with_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, 
     """Drop-in for ``pipelines.index._index_with_ray`` (same signature)."""
     params = IndexParams(spec.model_id if spec else "", settings.clip_s, settings.snippets, settings.clip_recipe)
     return run_local(store, plan, spec, params, settings, summary, faiss_index, show_progress)
+
+
+def decode_threads_alive() -> list[str]:
+    """Names of decode threads still running: abandoned after a hang, or not stopped in time."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("vidx-decode-") and t.is_alive()]
+
+
+def exit_without_finalizing_if_decoders_alive(rc: int) -> int:
+    """Return ``rc``; but when a decode thread is still running (a hung file), flush and leave with
+    ``os._exit(rc)``, because letting Python finalize under that thread can abort the process
+    (see ``_JOIN_S``). Everything vidx writes is committed and closed by then."""
+    alive = decode_threads_alive()
+    if alive:
+        log.info("leaving without interpreter shutdown: %s still running", ", ".join(alive))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 def use_local_executor() -> None:

@@ -83,6 +83,51 @@ def test_hung_decode_is_abandoned_and_recorded(local_executor, three_videos, tin
     assert_index_consistent(index_dir)
 
 
+def test_closing_the_feed_waits_for_the_decode_thread(three_videos, tiny_settings, monkeypatch):
+    """After Ctrl-C the decode thread must be gone before Python shuts down (a daemon thread in
+    OpenCV code at shutdown aborts the process instead of exiting 130)."""
+    import types
+
+    import pipelines.local as local
+
+    def decode(job):
+        for i in range(1000):  # an endless supply of chunks, each taking a while
+            time.sleep(0.05)
+            yield f"{job.file.path}:{i}"
+
+    monkeypatch.setattr(local, "decode_video", decode)
+    jobs = [types.SimpleNamespace(file=types.SimpleNamespace(path=str(p))) for p in sorted(three_videos.iterdir())]
+    feed = local._DecodeFeed(jobs, _settings(tiny_settings), lambda f: 1.0)
+    it = iter(feed)
+    assert next(it)[1].endswith(":0")
+    thread = feed.worker.thread
+    assert thread.is_alive()
+    feed.close()
+    assert not thread.is_alive(), "close() returned while the decode thread was still running"
+
+
+def test_exit_leaves_at_once_when_a_decode_thread_is_stuck(tmp_path):
+    """A decode thread that never returns (a hung file) must not keep the process from exiting
+    with its code: the helper leaves with os._exit after flushing what was printed."""
+    script = (
+        "import threading, time\n"
+        "from pipelines.local import exit_without_finalizing_if_decoders_alive as leave\n"
+        "threading.Thread(target=time.sleep, args=(600,), name='vidx-decode-7').start()  # not a daemon\n"
+        "print('summary printed', flush=False)\n"
+        "leave(130)\n"
+        "print('not reached')\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert out.stdout == "summary printed\n"
+    quiet = subprocess.run([sys.executable, "-c", "from pipelines.local import exit_without_finalizing_if_decoders_alive "
+                            "as leave\nimport sys\nsys.exit(leave(3) + 4)"], cwd=str(REPO), capture_output=True,
+                           text=True, timeout=120)
+    assert quiet.returncode == 7, quiet.stderr[-2000:]  # no decode thread: the code is just returned
+
+
 def test_embedding_error_fails_only_its_file(local_executor, three_videos, tiny_settings, index_dir, monkeypatch):
     import pipelines.local as local
     from pipelines.index import index_paths

@@ -151,7 +151,12 @@ def cmd_index(args: argparse.Namespace) -> int:
                   f"('vidx status' lists why; --retry-failed tries them again)")
         if s.status == "interrupted":
             print("  interrupted: finished videos are saved; run the same command again to continue")
-    return EXIT_INTERRUPTED if summary.status == "interrupted" else EXIT_OK
+    rc = EXIT_INTERRUPTED if summary.status == "interrupted" else EXIT_OK
+    if settings.executor == "local":  # a decode thread left behind by a hung file must not abort the exit
+        from pipelines.local import exit_without_finalizing_if_decoders_alive
+
+        rc = exit_without_finalizing_if_decoders_alive(rc)
+    return rc
 
 
 def _score_text(score: float) -> str:
