@@ -243,6 +243,36 @@ def busy_warning(info: Mapping) -> str | None:
 
 # --------------------------------------------------------------------------- inputs
 
+@dataclass
+class KeptSearchArchive:
+    """What ``bench/search_latency.py --workdir DIR`` leaves for the filtered-search prototypes."""
+
+    queries: "object"  # (n, dim) float32
+    folders: "object"  # (n,) the folder each query's filter keeps
+    truth: "object"  # (n, 10) exact filtered top-10 ids
+    index: "object"  # the FAISS index as the Searcher loads it
+    allowed_of: dict  # folder -> allowed clip ids, as `vidx search --under` resolves them
+    index_dir: str
+
+
+def load_kept_search_archive(workdir: str | os.PathLike, n_queries: int) -> KeptSearchArchive:
+    import numpy as np
+
+    from indexer.store import IndexStore
+    from search.searcher import Filters, Searcher
+
+    data = np.load(Path(workdir) / "queries.npz")
+    folders = data["folders"][:n_queries]
+    index_dir = str(Path(workdir) / "index")
+    with IndexStore(index_dir, read_only=True) as store:
+        index = store.load_faiss(rebuild_if_stale=False)
+        catalog = Searcher._load_catalog(store)
+    allowed_of = {int(f): catalog.clip_ids_matching(Filters(path_prefix=f"/archive/f{int(f):02d}"))
+                  for f in np.unique(folders)}
+    return KeptSearchArchive(data["queries"][:n_queries].astype(np.float32), folders,
+                             data["gt_filtered_ids"][:n_queries], index, allowed_of, index_dir)
+
+
 def write_json_out(path: str | os.PathLike | None, result: Mapping) -> None:
     """Write a benchmark's result dict to ``--json-out`` (nothing when no path was given)."""
     if path:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, write_json_out  # noqa: E402
+from bench.common import load_kept_search_archive, machine_info, write_json_out  # noqa: E402
 
 FETCH = 160  # candidates per query, as search.Searcher asks for k=10
 RERANK = (160, 320, 640, 1280)
@@ -70,17 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from indexer import vectors as vec
     from indexer.store import IndexStore
-    from search.searcher import Filters, Searcher
 
-    data = np.load(Path(args.workdir) / "queries.npz")
-    queries = data["queries"][:args.queries].astype(np.float32)
-    folders, truth = data["folders"][:args.queries], data["gt_filtered_ids"][:args.queries]
+    kept = load_kept_search_archive(args.workdir, args.queries)
+    queries, folders, truth, index, allowed_of = kept.queries, kept.folders, kept.truth, kept.index, kept.allowed_of
     out: dict = {"machine": machine_info(), "queries": len(queries), "block": args.block, "pq_m": args.pq_m}
-    with IndexStore(str(Path(args.workdir) / "index"), read_only=True) as store:
-        index = store.load_faiss(rebuild_if_stale=False)
-        catalog = Searcher._load_catalog(store)
-        allowed_of = {int(f): catalog.clip_ids_matching(Filters(path_prefix=f"/archive/f{int(f):02d}"))
-                      for f in np.unique(folders)}
+    with IndexStore(kept.index_dir, read_only=True) as store:
         _, sample = store.sample_vectors(65_536, seed=7)
         top_id = int(store.clip_vector_ids().max())
         d = sample.shape[1]

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import machine_info, write_json_out  # noqa: E402
+from bench.common import load_kept_search_archive, machine_info, write_json_out  # noqa: E402
 
 FETCH = 160  # candidates per query, as search.Searcher asks for k=10
 
@@ -50,17 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     from faiss.contrib.inspect_tools import get_invlist
 
     from indexer import vectors as vec
-    from indexer.store import IndexStore
-    from search.searcher import Filters, Searcher
 
-    data = np.load(Path(args.workdir) / "queries.npz")
-    queries = data["queries"][:args.queries].astype(np.float32)
-    folders, truth = data["folders"][:args.queries], data["gt_filtered_ids"][:args.queries]
-    with IndexStore(str(Path(args.workdir) / "index"), read_only=True) as store:
-        index = store.load_faiss(rebuild_if_stale=False)
-        catalog = Searcher._load_catalog(store)
-    allowed_of = {int(f): catalog.clip_ids_matching(Filters(path_prefix=f"/archive/f{int(f):02d}"))
-                  for f in np.unique(folders)}
+    kept = load_kept_search_archive(args.workdir, args.queries)
+    queries, folders, truth, index, allowed_of = kept.queries, kept.folders, kept.truth, kept.index, kept.allowed_of
     info = vec.ann_info(index)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     nlist, code_size = ivf.nlist, ivf.code_size
