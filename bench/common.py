@@ -273,6 +273,20 @@ def load_kept_search_archive(workdir: str | os.PathLike, n_queries: int) -> Kept
                              data["gt_filtered_ids"][:n_queries], index, allowed_of, index_dir)
 
 
+def recall_at_10(found_rows, truth) -> float:
+    """recall@10 of per-query result rows (any length; short rows count as misses) against
+    ``truth`` (n, 10), with the measure the ANN tuning uses (``indexer.ann.recall_at``)."""
+    import numpy as np
+
+    from indexer.ann import recall_at
+
+    found = np.full((len(found_rows), 10), -1, np.int64)
+    for row, ids in zip(found, found_rows):
+        ids = np.asarray(ids, np.int64)[:10]
+        row[:len(ids)] = ids
+    return float(recall_at(found, np.asarray(truth)[:, :10]))
+
+
 def write_json_out(path: str | os.PathLike | None, result: Mapping) -> None:
     """Write a benchmark's result dict to ``--json-out`` (nothing when no path was given)."""
     if path:

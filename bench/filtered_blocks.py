@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import load_kept_search_archive, machine_info, write_json_out  # noqa: E402
+from bench.common import load_kept_search_archive, machine_info, recall_at_10, write_json_out  # noqa: E402
+from bench.search_latency import FETCH  # noqa: E402  (what search.Searcher asks for at k=10)
 
-FETCH = 160  # candidates per query, as search.Searcher asks for k=10
 RERANK = (160, 320, 640, 1280)
 
 
@@ -42,14 +42,6 @@ def _rss() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
-
-
-def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
-    out = []
-    for f, t in zip(found, truth):
-        t = t[t >= 0]
-        out.append(len(set(f[:10].tolist()) & set(t.tolist())) / max(1, len(t)))
-    return float(np.mean(out))
 
 
 def _ms(values: list[float]) -> dict:
@@ -145,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         found.append(vec.search_index(index, q, FETCH, allowed)[1][0])
         lat.append(time.perf_counter() - t0)
     out["vidx_filtered_ms"] = _ms(lat)
-    out["vidx_filtered_recall10"] = round(_recall(found, truth), 4)
+    out["vidx_filtered_recall10"] = round(recall_at_10(found, truth), 4)
     out["blocks"] = []
     for r in RERANK:
         t_scan, t_total, found, found_scan = [], [], [], []
@@ -158,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             t_scan.append(t1 - t0)
             found_scan.append(cand)
         out["blocks"].append({"rerank": r, "scan_ms": _ms(t_scan), "total_ms": _ms(t_total),
-                              "recall10_scan_only": round(_recall(found_scan, truth), 4),
-                              "recall10": round(_recall(found, truth), 4)})
+                              "recall10_scan_only": round(recall_at_10(found_scan, truth), 4),
+                              "recall10": round(recall_at_10(found, truth), 4)})
     print(f"vidx: unfiltered p50 {out['vidx_unfiltered_ms']['p50']:.3f} ms; filtered p50 "
           f"{out['vidx_filtered_ms']['p50']:.3f} ms, recall@10 {out['vidx_filtered_recall10']:.3f}")
     print(f"block index +{out['block_index_bytes_per_vector']} B/vector, direct map "

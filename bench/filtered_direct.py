@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import load_kept_search_archive, machine_info, write_json_out  # noqa: E402
+from bench.common import load_kept_search_archive, machine_info, recall_at_10, write_json_out  # noqa: E402
+from bench.search_latency import FETCH  # noqa: E402  (what search.Searcher asks for at k=10)
 
-FETCH = 160  # candidates per query, as search.Searcher asks for k=10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,15 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         found["vidx filtered"].append(got[0][:10])
         found["direct prototype"].append(direct(q, allowed)[:10])
 
-    def recall(rows: list) -> float:
-        return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(rows, truth)]))
-
     res = {"benchmark": "filtered_direct", "command_line": " ".join([sys.executable] + sys.argv),
            "machine": machine_info(), "ntotal": int(index.ntotal), "budget": budget,
            "allowed_mean": float(np.mean([len(a) for a in allowed_of.values()])),
            "p50_ms": {k: float(np.percentile(v, 50) * 1e3) for k, v in lat.items()},
            "p99_ms": {k: float(np.percentile(v, 99) * 1e3) for k, v in lat.items()},
-           "recall10": {k: recall(v) for k, v in found.items()},
+           "recall10": {k: recall_at_10(v, truth) for k, v in found.items()},
            "direct_steps_p50_ms": {k: float(np.percentile(v, 50) * 1e3) for k, v in steps.items()}}
     floor = ("centroid scores", "pick budget", "gather codes", "copy into scorer", "score floor")
     res["direct_lower_bound_p50_ms"] = sum(res["direct_steps_p50_ms"][k] for k in floor)

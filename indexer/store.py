@@ -219,11 +219,11 @@ def _named_process_alive(holder: str) -> bool:
     if host != socket.gethostname():
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, but another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

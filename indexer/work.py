@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.clips import plan_clips
+from indexer.config import Settings
 from indexer.decode import DecodeStats, DecodeTimeout, ShotSpan, iter_shot_chunks, iter_snippet_chunks
 from indexer.model import LoadedModel, consensus
 from indexer.probe import ProbeFailure, probe_video
-from indexer.config import Settings
 from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
 
 

@@ -70,7 +70,7 @@ def _ray_workers(pid: int) -> list:
     workers = []
     for proc in descendants(pid):
         try:
-            if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::"):
+            if " ".join(proc.cmdline()[:1]).startswith("ray::"):
                 workers.append(proc)
         except psutil.Error:
             pass
