@@ -17,8 +17,9 @@ files::
 
 A ``LabelBank`` holds, per vocabulary, one text vector per label: the
 L2-normalised mean of the label's prompt-template embeddings (prompt
-ensembling). It is computed once per model and vocabulary content and cached in
-``<index>/labels/<hash>.npy``. Scores are the model's own zero-shot
+ensembling). It is computed once per model and vocabulary content and cached per
+user in ``$XDG_CACHE_HOME/vidx/labels/<hash>.npy`` (the hash covers the model id and the
+vocabulary's phrases and templates, so indexes share it safely). Scores are the model's own zero-shot
 probabilities: softmax over the vocabulary's labels of ``logit_scale * cosine``.
 A label is kept for a clip when its probability reaches the vocabulary's
 threshold (at most ``top`` per vocabulary).
@@ -46,7 +47,6 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-LABELS_DIR = "labels"  # under the index directory
 BUILTIN_FILES = {"actions": "kinetics400.txt", "objects": "objects.txt", "scenes": "scenes.txt"}
 DEFAULT_VOCABULARIES = ("actions", "objects", "scenes")
 DEFAULT_TEMPLATES = ("a photo of {}.", "a video of {}.", "a still from a video of {}.", "{}")
@@ -198,8 +198,10 @@ def load_vocabularies(builtins: Iterable[str] = DEFAULT_VOCABULARIES,
     return [v for v in builtin_vocabularies(builtins) if v.name not in names] + custom
 
 
-def label_cache_dir(index_dir: str) -> str:
-    return os.path.join(index_dir, LABELS_DIR)
+def label_cache_dir() -> str:
+    """Label text vectors are per model and vocabulary, not per index: share them per user."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vidx", "labels")
 
 
 # -- the label bank ------------------------------------------------------------------------------
@@ -367,9 +369,14 @@ class LabelBank:
 
 def _encode_vocabulary(model, vocab: Vocabulary, batch_size: int) -> np.ndarray:
     prompts = vocab.prompts()
-    chunks = [np.asarray(model.encode_text(prompts[i:i + batch_size]), np.float32)
-              for i in range(0, len(prompts), batch_size)]
-    emb = _normalise_rows(np.concatenate(chunks))
+    # Batches of prompts of similar length: the text tower runs only as far as a batch's
+    # longest prompt (indexer.model.trim_tokens), so sorting by length saves work.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    chunks = [np.asarray(model.encode_text([prompts[j] for j in order[i:i + batch_size]]), np.float32)
+              for i in range(0, len(order), batch_size)]
+    emb = np.empty((len(prompts), chunks[0].shape[1]), np.float32)  # a vocabulary has >= 1 label
+    emb[order] = np.concatenate(chunks)
+    emb = _normalise_rows(emb)
     emb = emb.reshape(len(vocab.labels), len(vocab.templates), -1).mean(axis=1)
     return _normalise_rows(emb)
 

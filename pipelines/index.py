@@ -33,6 +33,7 @@ from indexer.discover import discover_files
 from indexer.incremental import WorkPlan, plan_work
 from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
+from indexer.tagging import label_cache_dir
 from indexer.types import VideoResult, VideoStatus
 from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk, make_video_jobs
 from pipelines.progress import Progress
@@ -270,7 +271,7 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, settings
         # failure to load it, which is systemic) are collected before the first commit.
         bank_ref = None
         if settings.tags:
-            bank_ref = actors[0].label_bank.remote(_vocabularies(store, settings), _label_cache_dir())
+            bank_ref = actors[0].label_bank.remote(_vocabularies(store, settings), label_cache_dir())
         model_ready = _ModelReady(store, spec, actors[0].info.remote(), faiss_index, bank_ref)
         decode_slots = settings.decode_workers or max(1, cluster_cpus - n_actors)
         decode_fn = ray.remote(_decode_stream).options(
@@ -502,12 +503,6 @@ def flush_faiss(store: IndexStore, faiss_index, settings: Settings):
     faiss_index = ann.maybe_rebuild(store, faiss_index, settings)
     store.save_faiss(faiss_index)
     return faiss_index
-
-
-def _label_cache_dir() -> str:
-    """Label text vectors are per model and vocabulary, not per index: share them per user."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "vidx", "labels")
 
 
 def _vocabularies(store: IndexStore, settings: Settings):

@@ -198,7 +198,7 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     here), ``params`` is rebuilt with the resolved model id, ``faiss_index`` is the index
     after this run's deletes/copies (None on a fresh index), and ``summary`` is filled in.
     """
-    from pipelines.index import (_CHUNK_FRAMES, _expected_seconds, _label_cache_dir, _raise_interrupt, _short,
+    from pipelines.index import (_CHUNK_FRAMES, _expected_seconds, _raise_interrupt, _short,
                                  _vocabularies, commit_batch, flush_faiss)
 
     if spec is None:
@@ -248,9 +248,9 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
         if faiss_index is None:
             faiss_index = vec.new_flat_index(model.dim)
         if settings.tags:
-            from indexer.tagging import LabelBank
+            from indexer.tagging import LabelBank, label_cache_dir
 
-            bank = LabelBank.build(model, _vocabularies(store, settings), cache_dir=_label_cache_dir())
+            bank = LabelBank.build(model, _vocabularies(store, settings), cache_dir=label_cache_dir())
         model_loaded = True
         log.info("model %s loaded in-process (%s, %d threads)", spec.model_id, device, threads)
         progress = Progress(len(jobs), sum(_expected_seconds(j.file) for j in jobs), enabled=show_progress)

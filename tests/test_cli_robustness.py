@@ -120,7 +120,6 @@ def reference(corpus25, tmp_path_factory, module_ray_tmp):
     The mid-run readers run while the run's Ray workers are paused (SIGSTOP), so "during the run"
     does not depend on how fast this machine is: the driver is alive, holds writer.lock, and has
     given DuckDB back between batches, exactly as during a long decode."""
-    import psutil
 
     root = tmp_path_factory.mktemp("reference")
     folder = _copy(corpus25, root / "videos")

@@ -402,14 +402,17 @@ def tiny_colour_index(index_dir, monkeypatch):
     return index_dir
 
 
-def test_custom_vocabulary_round_trip(tiny_colour_index, tmp_path, capsys):
+def test_custom_vocabulary_round_trip(tiny_colour_index, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     labels = tmp_path / "palette.txt"
     labels.write_text("# colours we care about\nred\ngreen\nblue\nyellow\n# threshold: 0.3\n")
     db = str(tiny_colour_index)
     assert run_cli(["tags", "--db", db, "--labels", str(labels), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["applied"]["vocabulary"] == "palette" and out["applied"]["clip_tags"] == 6
-    assert (tiny_colour_index / "labels").is_dir()
+    # label vectors are cached per user (shared by every index), not in the index
+    assert len(list((tmp_path / "cache" / "vidx" / "labels").glob("*.npy"))) == 1
+    assert not (tiny_colour_index / "labels").exists()
 
     assert run_cli(["tags", "--db", db, "--json"]) == 0
     counts = {c["label"]: c for c in json.loads(capsys.readouterr().out)}

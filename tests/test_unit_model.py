@@ -473,3 +473,63 @@ def test_resolving_a_model_does_not_import_torch(tmp_path):
     # The first process builds the pretrained-registry cache (that imports open_clip); the next
     # one resolves from files alone.
     assert runs[1].stdout.strip() == "[]", runs[1].stdout
+
+
+# -- text: the trimmed causal context ----------------------------------------------------------
+
+def _full_context_text(model: LoadedModel, texts: list[str]) -> np.ndarray:
+    """open_clip's own encode_text over the whole 77-token context (the reference)."""
+    import torch
+
+    with torch.inference_mode():
+        feats = model.model.encode_text(model.tokenizer(texts)).float()
+        return torch.nn.functional.normalize(feats, dim=-1).numpy()
+
+
+LONG_TEXTS = ["x", "a dog", "a very long description of a person riding a bicycle along a busy road at night"]
+
+
+def test_text_runs_on_the_trimmed_context_with_the_full_context_result(random_model):
+    from indexer.model import has_causal_clip_text, trim_tokens
+
+    assert has_causal_clip_text(random_model.model)
+    tokens = random_model.tokenizer(LONG_TEXTS)
+    assert trim_tokens(tokens).shape[1] == int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]
+    for texts in (LONG_TEXTS, LONG_TEXTS[:2], ["a red car"]):
+        np.testing.assert_allclose(random_model.encode_text(texts), _full_context_text(random_model, texts),
+                                   atol=2e-6)
+
+
+def test_text_towers_that_are_not_causal_clip_run_unchanged(random_spec):
+    import torch
+
+    from indexer.model import has_causal_clip_text
+
+    model = LoadedModel(random_spec)
+    model.model.text_pool_type = "last"  # reads the last position: trimming would change it
+    assert not has_causal_clip_text(model.model)
+    model.model.text_pool_type = "argmax"
+    model.model.attn_mask = torch.zeros_like(model.model.attn_mask)  # bidirectional attention
+    assert not has_causal_clip_text(model.model)
+    model._causal_text = has_causal_clip_text(model.model)
+    np.testing.assert_allclose(model.encode_text(LONG_TEXTS), _full_context_text(model, LONG_TEXTS), atol=2e-6)
+
+
+def test_fast_text_encoder_matches_the_model_and_old_cache_files_are_replaced(random_model, tmp_path,
+                                                                              monkeypatch):
+    from indexer.model import _text_cache_path, export_fast_text_encoder, load_fast_text_encoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model_id = random_model.spec.model_id
+    assert load_fast_text_encoder(model_id) is None
+    path = export_fast_text_encoder(random_model)
+    assert path == _text_cache_path(model_id)
+    fast = load_fast_text_encoder(model_id)
+    assert fast is not None and fast.trim
+    # one trace, traced on a short example, serves every trimmed length
+    for texts in (LONG_TEXTS, ["a red car"], ["x"]):
+        np.testing.assert_allclose(fast.encode_text(texts), _full_context_text(random_model, texts), atol=2e-6)
+    meta = json.loads(Path(path + ".json").read_text())
+    del meta["format"]  # a file written by an older vidx (traced on the full context)
+    Path(path + ".json").write_text(json.dumps(meta))
+    assert load_fast_text_encoder(model_id) is None

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import duckdb
-import faiss
 import numpy as np
 import pytest
 

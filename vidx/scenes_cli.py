@@ -235,7 +235,7 @@ def apply_labels(index_dir: str, labels_file: str, threads: int = 0) -> dict:
                             f"built with ({model_id} vs {spec.model_id}); restore them to tag this index")
     model = LoadedModel(spec, threads=threads)
     with IndexStore(index_dir) as store:
-        bank = LabelBank.build(model, [vocab], label_cache_dir(store.index_dir))
+        bank = LabelBank.build(model, [vocab], label_cache_dir())
         video_ids = [r[0] for r in store.con.execute(
             "SELECT video_id FROM videos WHERE status = 'indexed' ORDER BY video_id").fetchall()]
         with store.transaction():
