@@ -282,6 +282,15 @@ def warn_if_random(spec: ModelSpec) -> None:
                     "results will be meaningless. Use only for benchmarks and smoke tests.", spec.name)
 
 
+def warn_if_random_index(name: str, pretrained: str) -> None:
+    """The same warning for commands that read an index built with random weights (search, tags,
+    moderation): their results are as meaningless as its vectors."""
+    if pretrained == RANDOM:
+        log.warning("this index was built with %s with RANDOM weights (--pretrained random): its vectors "
+                    "carry no meaning, so these results are meaningless. Re-index with real weights "
+                    "('vidx index --reset FOLDER') for real results.", name)
+
+
 class LoadedModel:
     """An open_clip model in eval mode with its own preprocessing, loaded once per worker."""
 

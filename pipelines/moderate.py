@@ -37,6 +37,7 @@ from datetime import datetime
 import numpy as np
 
 from indexer.config import Settings
+from indexer.model import warn_if_random_index
 from indexer.moderation import (NUDENET_INPUT, NUDENET_LABELS, ModerationError, ModerationStore, Policy,
                                 PromptBank, ScanLock, Scope, build_prompt_bank, load_policy, new_flag_table,
                                 nudenet_unavailable, open_index, write_report)
@@ -161,6 +162,7 @@ def _scan_locked(store, policy: Policy, scope: Scope, settings: Settings, option
     if not rows:
         raise ModerationError(f"index {store.index_dir} does not record its model {model_id}; re-index it")
     model_name, pretrained, dim, logit_scale = rows[0]
+    warn_if_random_index(model_name, pretrained)
 
     emb_version = policy.detector_version("embedding")
     nn_version = policy.detector_version("nudenet")

@@ -23,7 +23,7 @@ from datetime import datetime
 import numpy as np
 
 from indexer import vectors as vec
-from indexer.model import LoadedModel, resolve_model
+from indexer.model import LoadedModel, resolve_model, warn_if_random_index
 from indexer.store import IndexStore, ModelMismatch, _one
 
 # Averaged in embedding space; CLIP-style prompt ensembling for video moments.
@@ -197,6 +197,7 @@ class Searcher:
             row = _one(store.con.execute("SELECT name, pretrained FROM models WHERE model_id = ?",
                                     [self.model_id]))
             self._model_name, self._pretrained = row
+            warn_if_random_index(self._model_name, self._pretrained)
             if (model and model != self._model_name) or (pretrained and pretrained != self._pretrained):
                 raise ModelMismatch(
                     f"index {self.index_dir} was built with {self._model_name} ({self._pretrained}); "

@@ -256,3 +256,23 @@ def test_clip_rows_of_videos_equals_a_scan(chosen):
     rows = cat.clip_rows_of_videos(np.array(chosen, np.int64))
     expected = np.flatnonzero(np.isin(cat.clip_video_pos, chosen))
     assert sorted(rows.tolist()) == expected.tolist()
+
+
+def test_searching_an_index_of_random_weights_warns(tmp_path, caplog):
+    def one_video_index(path: Path, pretrained: str) -> str:
+        clip = ClipEmbedding(ClipSpan(0, 0.0, 2.0), np.eye(8, dtype=np.float32)[0], (1.0,))
+        with IndexStore(str(path)) as store:
+            store.register_model(f"m|{pretrained}", "m", pretrained, 8, 32, 100.0)
+            store.commit_results([VideoResult(VideoFile("/v/a.mp4", 1, 1), "fp", VideoStatus.INDEXED,
+                                              clips=(clip,))],
+                                 IndexParams(f"m|{pretrained}", 2.0, 1, "exact"), store.start_run("index", {}))
+            store.save_faiss(store.build_faiss())
+        return str(path)
+
+    with caplog.at_level("WARNING"):
+        Searcher(one_video_index(tmp_path / "real", "laion2b_s34b_b79k"))
+    assert "RANDOM" not in caplog.text
+    with caplog.at_level("WARNING"):
+        s = Searcher(one_video_index(tmp_path / "random", "random"))
+    assert "RANDOM weights" in caplog.text and "meaningless" in caplog.text
+    assert len(s.search_vector(np.eye(8, dtype=np.float32)[0], k=1)) == 1  # a warning, not a refusal

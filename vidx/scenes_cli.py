@@ -214,7 +214,7 @@ def videos_with_tag(con, tag: str, vocabulary: str | None = None, min_score: flo
 def apply_labels(index_dir: str, labels_file: str, threads: int = 0) -> dict:
     """Tag everything in the index with a custom vocabulary now; remember it for later runs."""
     from indexer.config import ConfigError
-    from indexer.model import LoadedModel, resolve_model
+    from indexer.model import LoadedModel, resolve_model, warn_if_random_index
     from indexer.store import IndexStore, ModelMismatch, _one
     from indexer.tagging import (LabelBank, VocabularyError, Vocabulary, label_cache_dir, remember_vocabulary,
                                  tag_clips, tag_shots_and_videos)
@@ -229,6 +229,7 @@ def apply_labels(index_dir: str, labels_file: str, threads: int = 0) -> dict:
             raise ConfigError(f"index {store.index_dir} holds no vectors yet; run 'vidx index FOLDER' first")
         name, pretrained = _one(store.con.execute("SELECT name, pretrained FROM models WHERE model_id = ?",
                                                   [model_id]))
+    warn_if_random_index(name, pretrained)
     spec = resolve_model(name, pretrained)
     if spec.model_id != model_id:
         raise ModelMismatch(f"the weights found for {name} ({pretrained}) are not the ones this index was "
