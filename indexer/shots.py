@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from indexer.terminal import stdin_from_devnull
 from indexer.types import ClipSpan
 
 DETECT_WIDTH = 160  # pixels; PySceneDetect itself downscales to about this width by default
@@ -62,7 +63,8 @@ class SceneDetectShots:
 
     def __init__(self, fps: float, threshold: float = 3.0, fade_threshold: float = 12.0,
                  min_scene_len_s: float = 0.6):
-        from scenedetect.detectors import AdaptiveDetector, ThresholdDetector
+        with stdin_from_devnull():  # importing scenedetect runs `ffmpeg -v quiet` (indexer/terminal.py)
+            from scenedetect.detectors import AdaptiveDetector, ThresholdDetector
 
         self.fps = Fraction(fps).limit_denominator(100000) if fps > 0 else Fraction(25)
         min_len = max(1, int(round(min_scene_len_s * float(self.fps))))

@@ -12,6 +12,8 @@ import os
 from contextlib import contextmanager
 from collections.abc import Iterator
 
+from indexer.terminal import stdin_from_devnull
+
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +54,10 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
         # Keep the object store modest: frames stream through it and are consumed quickly.
         kwargs["object_store_memory"] = int(os.environ.get("VIDX_OBJECT_STORE_BYTES", 512 * 1024 * 1024))
     _driver_messages_to_stderr()
-    ray.init(**kwargs)
+    # Ray's daemons, and the workers they start, inherit stdin: never the user's terminal, which
+    # would stop any worker (own process group) whose children touch it (indexer/terminal.py).
+    with stdin_from_devnull():
+        ray.init(**kwargs)
     try:
         yield ray.cluster_resources()
     finally:
