@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.discover import UNSTORABLE_NAME, display_path, is_storable_path
 from indexer.store import IndexError_, _one
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ def find_video(con, path: str) -> tuple:
             "status, error")
     candidates = []
     full = os.path.abspath(os.path.expanduser(path))
+    if not is_storable_path(full):
+        raise NotIndexed(f"{display_path(path)} is not in the index: {UNSTORABLE_NAME}")
     for p in dict.fromkeys((full, os.path.realpath(full))):
         row = _one(con.execute(f"SELECT {cols} FROM videos WHERE path = ?", [p]))
         if row:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from indexer.discover import fingerprint_file
+from indexer.discover import UNSTORABLE_NAME, fingerprint_file, is_storable_path
 from indexer.store import IndexParams, StoredVideo
 from indexer.types import VideoFile
 
@@ -57,6 +57,9 @@ def plan_work(files: Iterable[VideoFile], stored: list[StoredVideo], params: dic
 
     for f in files:
         seen.add(f.path)
+        if not is_storable_path(f.path):
+            plan.unreadable.append((f, UNSTORABLE_NAME))
+            continue
         s = by_path.get(f.path)
         if s and s.size_bytes == f.size_bytes and s.mtime_ns == f.mtime_ns:
             if needs_reindex(s):

@@ -37,6 +37,7 @@ from datetime import datetime
 import numpy as np
 
 from indexer.config import Settings
+from indexer.discover import UNSTORABLE_NAME, display_path, is_storable_path
 from indexer.model import warn_if_random_index
 from indexer.moderation import (NUDENET_INPUT, NUDENET_LABELS, ModerationError, ModerationStore, Policy,
                                 PromptBank, ScanLock, Scope, build_prompt_bank, load_policy, new_flag_table,
@@ -128,6 +129,9 @@ def scan(settings: Settings, options: ScanOptions | None = None, show_progress: 
     summary = ScanSummary(index_dir=index_dir, policy_name=policy.name, policy_version=policy.version,
                           policy_source=policy.source)
     scope = Scope(tuple(os.path.abspath(os.path.expanduser(p)) for p in options.paths), options.since)
+    for p in scope.paths:
+        if not is_storable_path(p):
+            raise ModerationError(f"{display_path(p)} cannot be in the index: {UNSTORABLE_NAME}")
     summary.scope = scope.describe()
     if not os.path.isdir(index_dir):
         raise ModerationError(f"no index at {index_dir}; build one with 'vidx index FOLDER' "

@@ -23,6 +23,7 @@ from datetime import datetime
 import numpy as np
 
 from indexer import vectors as vec
+from indexer.discover import UNSTORABLE_NAME, display_path, is_storable_path
 from indexer.model import LoadedModel, resolve_model, warn_if_random_index
 from indexer.store import IndexStore, ModelMismatch, _one
 
@@ -294,6 +295,8 @@ class Searcher:
         """(clip id, stored vector) of the clip of ``path`` that contains ``time_s``."""
         cat = self.catalog
         full = os.path.abspath(os.path.expanduser(path))
+        if not is_storable_path(full):
+            raise SearchError(f"{display_path(path)} is not in the index: {UNSTORABLE_NAME}")
         try:
             vpos = cat.video_path.index(full)
         except ValueError:
