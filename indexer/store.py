@@ -12,6 +12,7 @@ sequence and are never reused, so a FAISS id always means the same vector.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -94,6 +95,34 @@ class IndexMissing(IndexError_):
 
 class ModelMismatch(IndexError_):
     pass
+
+
+# A full or read-only disk is systemic, not a bug: one line that says so and what to do,
+# instead of DuckDB's traceback. (errno, words in DuckDB's message) -> (what, fix)
+_STORAGE_FAILURES = (
+    (errno.ENOSPC, "No space left on device", "the disk is full",
+     "free space, or point --db / VIDX_DB at a disk with room"),
+    (errno.EDQUOT, "Disk quota exceeded", "the disk quota is used up",
+     "free space, or point --db / VIDX_DB at a disk with room"),
+    (errno.EROFS, "Read-only file system", "the file system is read-only",
+     "point --db / VIDX_DB at a writable folder"),
+)
+
+
+def describe_storage_failure(exc: BaseException) -> str | None:
+    """One line for an exception caused by a full or read-only disk (through its chain of
+    causes), else None. Work committed before it is kept: commits are transactions."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        for code, words, what, fix in _STORAGE_FAILURES:
+            if (isinstance(e, OSError) and e.errno == code) or words in text:
+                return (f"{what} ({text}); {fix}. Everything committed before this is kept; "
+                        f"run the same command again to continue")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 @dataclass(frozen=True)

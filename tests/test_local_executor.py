@@ -283,3 +283,20 @@ def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_indexed(local_exe
     assert main(["index", str(three_videos), "--db", str(index_dir), "--model", "vidx-tiny", "--pretrained",
                  "random", "--executor", "local", "--no-tags", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["failures"][0]["reason"] == UNSTORABLE_NAME
+
+
+def test_a_full_disk_is_one_line_and_exit_1(local_executor, three_videos, index_dir, monkeypatch, capsys):
+    import duckdb
+
+    from indexer.store import IndexStore
+    from vidx.cli import main
+
+    def disk_full(self, *args, **kwargs):
+        raise duckdb.IOException(f'Could not write file "{index_dir}/vidx.duckdb.wal": No space left on device')
+
+    monkeypatch.setattr(IndexStore, "commit_results", disk_full)
+    rc = main(["index", str(three_videos), "--db", str(index_dir), "--model", "vidx-tiny", "--pretrained", "random",
+               "--executor", "local", "--no-tags", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "vidx: error: the disk is full (Could not write file" in err and "Traceback" not in err

@@ -596,3 +596,24 @@ def test_read_missing_index_and_meta(tmp_path):
     assert vec.read_meta(str(tmp_path)) is None
     (tmp_path / vec.META_FILE).write_text("{not json")
     assert vec.read_meta(str(tmp_path)) is None
+
+
+def test_full_or_read_only_disk_is_described_in_one_line():
+    import errno
+
+    from indexer.store import describe_storage_failure
+
+    assert "the disk is full" in describe_storage_failure(OSError(errno.ENOSPC, "No space left on device"))
+    try:  # DuckDB's own error, raised while handling another (the commit retried in a finally)
+        try:
+            raise RuntimeError("the first commit failed")
+        except RuntimeError:
+            raise RuntimeError('Failed to commit: Could not write file "/x/vidx.duckdb.wal": No space left on device')
+    except RuntimeError as exc:
+        message = describe_storage_failure(exc)
+    assert message.startswith("the disk is full (Failed to commit: Could not write file \"/x/vidx.duckdb.wal\"")
+    assert "--db" in message and "run the same command again" in message
+    chained = ValueError("wrapped")
+    chained.__cause__ = OSError(errno.EROFS, "Read-only file system")
+    assert "the file system is read-only" in describe_storage_failure(chained)
+    assert describe_storage_failure(ValueError("a bug")) is None

@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from indexer.model import ModelUnavailable
-    from indexer.store import IndexError_
+    from indexer.store import IndexError_, describe_storage_failure
 
     from search.searcher import SearchError
 
@@ -336,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `vidx ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:
+        message = describe_storage_failure(exc)
+        if message is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"vidx: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from indexer.config import ConfigError
     from indexer.model import ModelUnavailable
     from indexer.moderation import ModerationError
-    from indexer.store import IndexError_
+    from indexer.store import IndexError_, describe_storage_failure
 
     try:
         review = bool(args.paths) and args.paths[0] == "review"
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # cron needs exit 2 for every failure, not a bare traceback's 1
         if getattr(args, "verbose", 0):
             traceback.print_exc()
-        _error(f"{type(exc).__name__}: {exc}")
+        _error(describe_storage_failure(exc) or f"{type(exc).__name__}: {exc}")
         return EXIT_ERROR
 
 
