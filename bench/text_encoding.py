@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     from search.searcher import PROMPT_TEMPLATES
 
     model = LoadedModel(resolve_model("ViT-B-32", "random"), threads=args.threads)
-    assert model._causal_text, "ViT-B-32 should have open_clip's causal CLIP text tower"
+    assert model.trim_text, "ViT-B-32 should have open_clip's causal CLIP text tower"
     vocabs = builtin_vocabularies()
     prompts = [p for v in vocabs for p in v.prompts()]
     tokens = model.tokenizer(prompts)
 
     def build_bank(trim: bool) -> tuple[float, np.ndarray]:
-        model._causal_text = trim  # False: open_clip's own encode_text on the whole context
+        model.trim_text = trim  # False: open_clip's own encode_text on the whole context
         t0 = time.perf_counter()
         bank = LabelBank.build(model, vocabs, cache_dir=None, batch_size=args.batch)
         return time.perf_counter() - t0, bank.matrix
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     q_full, q_trim = [], []
     for _ in range(30):
         for trim, sink in ((False, q_full), (True, q_trim)):
-            model._causal_text = trim
+            model.trim_text = trim
             t0 = time.perf_counter()
             model.encode_text(query)
             sink.append(time.perf_counter() - t0)

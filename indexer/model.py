@@ -327,7 +327,8 @@ class LoadedModel:
         finally:
             logging.disable(logging.NOTSET)
         self.model = model.to(device).eval()
-        self._causal_text = has_causal_clip_text(self.model)
+        # encode_text runs only up to the longest prompt (see trim_tokens)
+        self.trim_text = has_causal_clip_text(self.model)
         self.preprocess = preprocess
         self._batch_transform = _batch_transform_of(preprocess)
         size = getattr(model.visual, "image_size", 224)
@@ -375,7 +376,7 @@ class LoadedModel:
 
         with torch.inference_mode():
             tokens = self.tokenizer(texts).to(self.device)
-            if self._causal_text:
+            if self.trim_text:
                 feats = encode_tokens_causal(self.model, trim_tokens(tokens))
             else:
                 feats = self.model.encode_text(tokens)
@@ -387,9 +388,9 @@ class LoadedModel:
 # open_clip's CLIP text tower runs every prompt through the whole context (77 tokens), but
 # its attention is causal and the embedding is read at the end-of-text token, so positions
 # after the longest prompt's end-of-text token cannot change any output. Prompts are ~10
-# tokens: running only those is ~9x less work for the same vectors (measured on ViT-B-32:
-# cosine to the full pass >= 0.9999998; 2,456 tag-vocabulary prompts 103 s -> ~11 s on 2
-# cores, a 4-prompt query 146 -> 35 ms). Any other text tower runs unchanged.
+# tokens: running only those is far less work for the same vectors (bench/text_encoding.py on
+# ViT-B-32, 2 cores: cosine to the full pass >= 0.9999999; the 2,456 tag-vocabulary prompts
+# 99 s -> 11.8 s, a 4-prompt query 137 -> 35 ms). Any other text tower runs unchanged.
 
 def has_causal_clip_text(model) -> bool:
     """True when ``model`` is open_clip's ``CLIP`` with a causal text mask and EOT pooling."""
@@ -418,13 +419,13 @@ def trim_tokens(tokens):
 def encode_tokens_causal(model, tokens):
     """``CLIP.encode_text`` on a shortened context: the same steps with position embeddings and
     mask cut to ``tokens``' length (valid only when ``has_causal_clip_text(model)``)."""
+    import torch
+
     n = tokens.shape[1]
     cast_dtype = model.transformer.get_cast_dtype()
     x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
     x = model.ln_final(x)
-    import torch
-
     x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) \
@@ -556,7 +557,7 @@ def export_fast_text_encoder(model: "LoadedModel") -> str | None:
         return None
     path = _text_cache_path(model.spec.model_id)
     clip = model.model
-    trim = model._causal_text
+    trim = model.trim_text
 
     class _Text(torch.nn.Module):
         def __init__(self, clip_model):

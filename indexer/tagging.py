@@ -18,9 +18,10 @@ files::
 A ``LabelBank`` holds, per vocabulary, one text vector per label: the
 L2-normalised mean of the label's prompt-template embeddings (prompt
 ensembling). It is computed once per model and vocabulary content and cached per
-user in ``$XDG_CACHE_HOME/vidx/labels/<hash>.npy`` (the hash covers the model id and the
-vocabulary's phrases and templates, so indexes share it safely). Scores are the model's own zero-shot
-probabilities: softmax over the vocabulary's labels of ``logit_scale * cosine``.
+user in ``$XDG_CACHE_HOME/vidx/labels/<hash>.npy`` (the hash covers the model id and
+the vocabulary's phrases and templates, so indexes share it safely). Scores are the
+model's own zero-shot probabilities: softmax over the vocabulary's labels of
+``logit_scale * cosine``.
 A label is kept for a clip when its probability reaches the vocabulary's
 threshold (at most ``top`` per vocabulary).
 

@@ -511,7 +511,7 @@ def test_text_towers_that_are_not_causal_clip_run_unchanged(random_spec):
     model.model.text_pool_type = "argmax"
     model.model.attn_mask = torch.zeros_like(model.model.attn_mask)  # bidirectional attention
     assert not has_causal_clip_text(model.model)
-    model._causal_text = has_causal_clip_text(model.model)
+    model.trim_text = has_causal_clip_text(model.model)
     np.testing.assert_allclose(model.encode_text(LONG_TEXTS), _full_context_text(model, LONG_TEXTS), atol=2e-6)
 
 
