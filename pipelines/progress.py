@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from typing import TextIO
 
 from indexer.types import VideoResult, VideoStatus
 
@@ -11,7 +13,8 @@ from indexer.types import VideoResult, VideoStatus
 class Progress:
     """Videos done of total with an ETA, plus video-seconds indexed and the realtime factor."""
 
-    def __init__(self, total_videos: int, expected_seconds: float, enabled: bool = True):
+    def __init__(self, total_videos: int, expected_seconds: float, enabled: bool = True,
+                 file: TextIO | None = None):
         self.enabled = enabled and total_videos > 0
         self.started = time.monotonic()
         self.video_seconds = 0.0
@@ -20,8 +23,10 @@ class Progress:
         if self.enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_videos, unit="video", file=sys.stderr, dynamic_ncols=True,
-                             desc="indexing", mininterval=0.5, disable=None)
+            file = file or sys.stderr
+            width = _fixed_width(file)
+            self._bar = tqdm(total=total_videos, unit="video", file=file, dynamic_ncols=width is None,
+                             ncols=width, desc="indexing", mininterval=0.5, disable=None)
 
     def advance(self, result: VideoResult) -> None:
         if result.probe and result.status == VideoStatus.INDEXED:
@@ -39,3 +44,12 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _fixed_width(file: TextIO) -> int | None:
+    """None (follow the terminal's width) unless the terminal reports a width of 0, as a bare
+    pseudo-terminal does (``kubectl exec -t``, ``script``): tqdm then draws nothing at all."""
+    try:
+        return None if os.get_terminal_size(file.fileno()).columns > 0 else 100
+    except (OSError, ValueError, AttributeError):  # not a terminal: tqdm disables itself
+        return None

@@ -1,0 +1,47 @@
+"""The progress bar: drawn on terminals (even ones that report no width), silent elsewhere."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import struct
+import termios
+
+from indexer.types import VideoFile, VideoResult, VideoStatus
+from pipelines.progress import Progress
+
+
+def _draw_on_pty(columns: int) -> str:
+    master, slave = os.openpty()
+    if columns:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with os.fdopen(slave, "w") as tty:
+        p = Progress(2, 10.0, file=tty)
+        p.advance(VideoResult(VideoFile("/v/a.mp4", 1, 1), "fp", VideoStatus.FAILED, error="x"))
+        p.close()
+        tty.flush()
+        os.set_blocking(master, False)
+        out = os.read(master, 65536).decode()
+    os.close(master)
+    return out
+
+
+def test_bar_on_a_terminal_follows_its_width():
+    lines = [line for line in _draw_on_pty(150).replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and "indexing" in lines[-1] and "1/2" in lines[-1] and "1 failed" in lines[-1]
+    narrow = [line for line in _draw_on_pty(60).replace("\r", "\n").splitlines() if line.strip()]
+    assert narrow and max(len(line) for line in narrow) <= 60
+
+
+def test_bar_on_a_terminal_that_reports_no_width_is_still_drawn():
+    # a bare pseudo-terminal is 0x0; tqdm alone printed nothing there
+    assert "indexing" in _draw_on_pty(0) and "1/2" in _draw_on_pty(0)
+
+
+def test_no_bar_when_stderr_is_not_a_terminal():
+    sink = io.StringIO()
+    p = Progress(2, 10.0, file=sink)
+    p.advance(VideoResult(VideoFile("/v/a.mp4", 1, 1), "fp", VideoStatus.FAILED, error="x"))
+    p.close()
+    assert sink.getvalue() == ""
