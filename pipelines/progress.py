@@ -24,9 +24,10 @@ class Progress:
             from tqdm import tqdm
 
             file = file or sys.stderr
-            width = _fixed_width(file)
-            self._bar = tqdm(total=total_videos, unit="video", file=file, dynamic_ncols=width is None,
-                             ncols=width, desc="indexing", mininterval=0.5, disable=None)
+            fixed = _fixed_size(file)
+            self._bar = tqdm(total=total_videos, unit="video", file=file, dynamic_ncols=fixed is None,
+                             ncols=fixed and fixed[0], nrows=fixed and fixed[1], desc="indexing",
+                             mininterval=0.5, disable=None)
 
     def advance(self, result: VideoResult) -> None:
         if result.probe and result.status == VideoStatus.INDEXED:
@@ -46,10 +47,12 @@ class Progress:
             self._bar = None
 
 
-def _fixed_width(file: TextIO) -> int | None:
-    """None (follow the terminal's width) unless the terminal reports a width of 0, as a bare
-    pseudo-terminal does (``kubectl exec -t``, ``script``): tqdm then draws nothing at all."""
+def _fixed_size(file: TextIO) -> tuple[int, int] | None:
+    """None (follow the terminal's size) unless the terminal reports a size of 0, as a bare
+    pseudo-terminal does (``kubectl exec -t``, ``script``): tqdm then draws nothing at all,
+    so draw 100 columns wide (and tell it the screen has rows)."""
     try:
-        return None if os.get_terminal_size(file.fileno()).columns > 0 else 100
+        size = os.get_terminal_size(file.fileno())
     except (OSError, ValueError, AttributeError):  # not a terminal: tqdm disables itself
         return None
+    return None if size.columns > 0 and size.lines > 0 else (size.columns or 100, size.lines or 24)

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
 import struct
+import sys
 import termios
 
 from indexer.types import VideoFile, VideoResult, VideoStatus
 from pipelines.progress import Progress
 
 
+@contextlib.contextmanager
+def _stderr_is(stream):
+    saved, sys.stderr = sys.stderr, stream
+    try:
+        yield
+    finally:
+        sys.stderr = saved
+
+
 def _draw_on_pty(columns: int) -> str:
+    """The bar on a pseudo-terminal that is stderr (tqdm measures sys.stderr's screen)."""
     master, slave = os.openpty()
     if columns:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    with os.fdopen(slave, "w") as tty:
-        p = Progress(2, 10.0, file=tty)
+    with os.fdopen(slave, "w") as tty, _stderr_is(tty):
+        p = Progress(2, 10.0)
         p.advance(VideoResult(VideoFile("/v/a.mp4", 1, 1), "fp", VideoStatus.FAILED, error="x"))
         p.close()
         tty.flush()
