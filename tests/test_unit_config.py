@@ -267,3 +267,14 @@ def test_shot_frames_setting():
     assert load_settings({}, environ={"VIDX_SHOT_FRAMES": "all"}).shot_frames == "all"
     with pytest.raises(ConfigError, match="shot_frames must be 'reference' or 'all'"):
         load_settings({"shot_frames": "some"}, environ={})
+
+
+def test_version_flag(capsys):
+    from importlib.metadata import version
+
+    from vidx.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vidx {version('vidx')}"

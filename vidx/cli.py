@@ -33,8 +33,18 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                                         f"(default {DEFAULTS.pretrained})")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vidx")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidx", description="Batch video indexing and search.")
+    parser.add_argument("--version", action="version", version=f"vidx {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index video files and folders (incremental, resumable)")
