@@ -278,3 +278,16 @@ def test_version_flag(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"vidx {version('vidx')}"
+
+
+def test_long_failure_lists_are_cut_with_a_count(capsys):
+    from vidx.cli import FAILURES_SHOWN, _print_failures
+
+    failures = [{"path": f"/a/{i}.mp4", "status": "failed" if i % 5 else "skipped", "reason": "r"}
+                for i in range(FAILURES_SHOWN + 7)]
+    _print_failures(failures)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == FAILURES_SHOWN + 1 and lines[0] == "  skipped: /a/0.mp4: r"
+    assert lines[-1] == "  ... and 7 more (5 failed, 2 skipped); 'vidx status --json' lists them all"
+    _print_failures(failures[:3])
+    assert len(capsys.readouterr().out.splitlines()) == 3

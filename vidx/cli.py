@@ -136,6 +136,21 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+FAILURES_SHOWN = 20  # an archive with thousands of bad files must not bury the summary
+
+
+def _print_failures(failures: list[dict]) -> None:
+    for f in failures[:FAILURES_SHOWN]:
+        print(f"  {f['status']}: {f['path']}: {f['reason']}")
+    rest = failures[FAILURES_SHOWN:]
+    if rest:
+        counts: dict[str, int] = {}
+        for f in rest:
+            counts[f["status"]] = counts.get(f["status"], 0) + 1
+        kinds = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        print(f"  ... and {len(rest)} more ({kinds}); 'vidx status --json' lists them all")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from pipelines.index import index_paths
 
@@ -154,8 +169,7 @@ def cmd_index(args: argparse.Namespace) -> int:
               f"({s.times_realtime:.1f}x realtime)")
         if s.reader_wait_s >= 1.0:
             print(f"  waited {s.reader_wait_s:.1f} s in all for searches / 'vidx status' to let go of the index")
-        for f in s.failures:
-            print(f"  {f['status']}: {f['path']}: {f['reason']}")
+        _print_failures(s.failures)
         if s.failed_before:
             print(f"  {s.failed_before} unchanged file(s) failed in an earlier run and were not tried again "
                   f"('vidx status' lists why; --retry-failed tries them again)")
@@ -291,8 +305,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  last run   #{r['run_id']} {r['kind']} {r['status']} at {started}")
     elif writer:
         print(f"  writer     {writer}")
-    for f in status["failures"]:
-        print(f"  {f['status']}: {f['path']}: {f['reason']}")
+    _print_failures(status["failures"])
     return EXIT_OK
 
 
