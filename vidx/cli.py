@@ -33,18 +33,26 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                                         f"(default {DEFAULTS.pretrained})")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata costs ~35 ms per start)."""
 
-    try:
-        return version("vidx")
-    except PackageNotFoundError:  # run from a checkout without installing
-        return "(not installed)"
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("vidx")
+        except PackageNotFoundError:  # run from a checkout without installing
+            text = "(not installed)"
+        print(f"vidx {text}")  # stdout, as argparse's own version action does
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidx", description="Batch video indexing and search.")
-    parser.add_argument("--version", action="version", version=f"vidx {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show vidx's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index video files and folders (incremental, resumable)")
