@@ -23,6 +23,12 @@ def default_index_dir() -> str:
     return os.path.join(base, "vidx", "index")
 
 
+def user_cache_dir(*parts: str) -> str:
+    """vidx's per-user cache: ``$XDG_CACHE_HOME/vidx/...`` (``~/.cache/vidx/...``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return os.path.join(base, "vidx", *parts)
+
+
 def default_config_path() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
     return os.path.join(base, "vidx", "config.toml")

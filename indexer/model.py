@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from indexer.config import user_cache_dir
+
 log = logging.getLogger(__name__)
 
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
@@ -95,8 +97,7 @@ def _pretrained_cfg(name: str, tag: str) -> tuple[dict, list[str]]:
         oc_version = version("open_clip_torch")
     except PackageNotFoundError:
         oc_version = "unknown"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    path = os.path.join(base, "vidx", f"open_clip-{oc_version}-pretrained.json")
+    path = user_cache_dir(f"open_clip-{oc_version}-pretrained.json")
     registry = None
     try:
         with open(path) as fh:
@@ -122,8 +123,7 @@ def _pretrained_cfg(name: str, tag: str) -> tuple[dict, list[str]]:
 
 
 def _digest_cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return os.path.join(base, "vidx", "checkpoint-digests.json")
+    return user_cache_dir("checkpoint-digests.json")
 
 
 def _file_digest(path: str) -> str:
@@ -479,9 +479,8 @@ _TEXT_CACHE_FORMAT = 2  # 2: traced on a trimmed context (see trim_tokens)
 
 
 def _text_cache_path(model_id: str) -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     key = hashlib.blake2b(model_id.encode(), digest_size=10).hexdigest()
-    return os.path.join(base, "vidx", "text", f"{key}.pt")
+    return user_cache_dir("text", f"{key}.pt")
 
 
 class FastTextEncoder:

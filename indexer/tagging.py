@@ -46,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from indexer.config import user_cache_dir
+
 log = logging.getLogger(__name__)
 
 BUILTIN_FILES = {"actions": "kinetics400.txt", "objects": "objects.txt", "scenes": "scenes.txt"}
@@ -201,8 +203,7 @@ def load_vocabularies(builtins: Iterable[str] = DEFAULT_VOCABULARIES,
 
 def label_cache_dir() -> str:
     """Label text vectors are per model and vocabulary, not per index: share them per user."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "vidx", "labels")
+    return user_cache_dir("labels")
 
 
 # -- the label bank ------------------------------------------------------------------------------
