@@ -54,7 +54,7 @@ class Settings:
     snippets: int = 3  # TSN segments per clip (K)
     sampling: str = "exact"  # "exact" centre frame, or "keyframe" (nearest keyframe, cheaper)
     batch_size: int = 32  # frames per model forward pass
-    decode_timeout_s: float = 120.0  # per file, plus one second per second of video
+    decode_timeout_s: float = 120.0  # a decode with no progress for this long is hung (DecodeWatch)
     embed_workers: int = 1  # model actors; each loads the model once
     decode_workers: int = 0  # concurrent decode tasks; 0 = one per CPU not used by the model
     torch_threads: int = 0  # per model actor; 0 = the CPUs Ray gives it

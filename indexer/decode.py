@@ -34,7 +34,72 @@ _MAX_CONSECUTIVE_ERRORS = 50
 
 
 class DecodeTimeout(Exception):
-    """Decoding a file took longer than its time bound."""
+    """Decoding a file stopped making progress for longer than its bound."""
+
+
+@dataclass(frozen=True)
+class DecodeHeartbeat:
+    """Yielded by a decode that has been busy a while without a chunk to show (only when asked
+    for, with ``heartbeat_s``): it tells the driver the worker is alive and moving forward."""
+
+    position_s: float  # presentation time reached so far
+
+
+def heartbeat_interval(stall_s: float) -> float:
+    """How often a busy decode says it is alive: often enough that the driver, which allows
+    ``stall_s`` plus a grace between two signs of life, never mistakes slow for hung."""
+    return max(0.05, min(10.0, stall_s / 4))
+
+
+class DecodeWatch:
+    """Bounds a decode by its progress through the file, not by the video's length.
+
+    A decode that keeps moving forward may take as long as it needs: 8K HEVC decodes slower
+    than real time on a small machine, and a bound that grew with the duration failed such files
+    after all the work was done. Moving forward means a packet from further into the file (byte
+    position) or further into the video (timestamp) than any before: either is enough, so a
+    timestamp reset in a broadcast capture (position goes on) or an edit list that plays a stretch
+    twice (timestamps go on) still count. A decode with neither for ``stall_s`` (a demuxer going
+    round in circles) raises DecodeTimeout. Time the consumer holds a yielded item is not counted
+    (``resumed``). A libav call that never returns (a decoder grinding on one damaged packet, a
+    read that blocks) cannot be stopped from in here: the driver kills that worker when neither
+    chunks nor heartbeats reach it for ``stall_s`` plus a grace.
+    """
+
+    def __init__(self, stall_s: float, heartbeat_s: float | None = None, what: str = "decoding"):
+        self.stall_s, self.heartbeat_s, self.what = stall_s, heartbeat_s, what
+        now = time.monotonic()
+        self.last_progress_at = self.last_yield_at = now
+        self.furthest_ts: float = float("-inf")
+        self.furthest_pos = -1
+        self.position_s = 0.0
+
+    def packet(self, packet: av.Packet, tb) -> None:
+        """Note one demuxed packet; raise DecodeTimeout once nothing has moved for ``stall_s``."""
+        ts = packet.pts if packet.pts is not None else packet.dts
+        pos = packet.pos if packet.pos is not None and packet.pos >= 0 else None
+        moved = ts is None and pos is None  # a packet with no position at all: count it
+        if pos is not None and pos > self.furthest_pos:
+            self.furthest_pos, moved = pos, True
+        if ts is not None and ts > self.furthest_ts:
+            self.furthest_ts, moved = ts, True
+            if tb is not None:
+                self.position_s = float(ts * tb)
+        now = time.monotonic()
+        if moved:
+            self.last_progress_at = now
+        elif now - self.last_progress_at > self.stall_s:
+            raise DecodeTimeout(f"{self.what} made no progress for {self.stall_s:g} s")
+
+    def heartbeat(self) -> DecodeHeartbeat | None:
+        """A heartbeat to yield now, if one is due."""
+        if self.heartbeat_s is None or time.monotonic() - self.last_yield_at < self.heartbeat_s:
+            return None
+        return DecodeHeartbeat(self.position_s)
+
+    def resumed(self) -> None:
+        """Call after every yield: the consumer's time is not the decoder's."""
+        self.last_progress_at = self.last_yield_at = time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -107,8 +172,9 @@ def _frame_time(frame: av.VideoFrame, probe: VideoProbe, t0: float, n_decoded: i
     return frame.time - t0
 
 
-def keyframe_times(path: str, stream_index: int, t0: float, deadline: float) -> list[float] | None:
+def keyframe_times(path: str, stream_index: int, t0: float, stall_s: float) -> list[float] | None:
     """Presentation times of the keyframe packets (demux only, no decoding); None if unknown."""
+    watch = DecodeWatch(stall_s, what="reading the packet index")
     container = open_container(path)
     try:
         stream = next(s for s in container.streams.video if s.index == stream_index)
@@ -121,8 +187,7 @@ def keyframe_times(path: str, stream_index: int, t0: float, deadline: float) -> 
                 return None
             if packet.is_keyframe:
                 times.append(float(packet.pts * tb) - t0)
-            if time.monotonic() > deadline:
-                raise DecodeTimeout("reading the packet index did not finish in time")
+            watch.packet(packet, tb)
         return sorted(times)
     finally:
         container.close()
@@ -131,14 +196,16 @@ def keyframe_times(path: str, stream_index: int, t0: float, deadline: float) -> 
 def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...], k: int,
                         short_side: int, sampling: str = "exact", timeout_s: float = 120.0,
                         chunk_frames: int = 48, decode_threads: int = 1,
-                        stats: DecodeStats | None = None, clip_s: float | None = None) -> Iterator[SnippetChunk]:
+                        stats: DecodeStats | None = None, clip_s: float | None = None,
+                        heartbeat_s: float | None = None) -> Iterator[SnippetChunk | DecodeHeartbeat]:
     """Yield chunks of clips with their snippet frames, decoding the file once.
 
-    Raises DecodeTimeout when the time bound passes, ProbeFailure when not a
-    single frame decodes.
+    Raises DecodeTimeout when decoding makes no progress for ``timeout_s`` (see DecodeWatch),
+    ProbeFailure when not a single frame decodes. With ``heartbeat_s``, a DecodeHeartbeat is
+    yielded whenever that long has passed without a yield.
     """
     stats = stats if stats is not None else DecodeStats()
-    deadline = time.monotonic() + timeout_s
+    watch = DecodeWatch(timeout_s, heartbeat_s)
     size = target_size(probe, short_side)
     clip_times = [snippet_times(span, snippets_for(span, k, clip_s)) for span in spans]
     targets = sorted({t for times in clip_times for t in times})
@@ -163,6 +230,7 @@ def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...
             frames = np.stack([chosen[t] for times in clip_times[next_clip:end] for t in times])
             yield SnippetChunk(spans=spans[next_clip:end], times_s=tuple(clip_times[next_clip:end]),
                                frames=frames)
+            watch.resumed()
             for times in clip_times[next_clip:end]:
                 for t in times:
                     chosen.pop(t, None)
@@ -189,7 +257,7 @@ def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...
         tb = stream.time_base
         # Exact mode skips the stretches between targets that a keyframe lets us jump over:
         # the same frames come out, with fewer decoded (see BENCHMARKS.md).
-        kf_times = keyframe_times(path, probe.video_stream_index, t0, deadline) \
+        kf_times = keyframe_times(path, probe.video_stream_index, t0, timeout_s) \
             if sampling == "exact" and len(targets) > 0 else None
         sent_until = float("-inf")  # latest presentation time sent to the decoder
         resume_at: float | None = None  # skipping packets until the keyframe at this time
@@ -200,8 +268,11 @@ def iter_snippet_chunks(path: str, probe: VideoProbe, spans: tuple[ClipSpan, ...
         errors_in_row = [0]
         # The last frame lasts until the end of the video; frames that late still serve targets.
         for packet in container.demux(stream):
-            if time.monotonic() > deadline:
-                raise DecodeTimeout(f"decoding did not finish within {timeout_s:.0f} s")
+            watch.packet(packet, tb)
+            beat = watch.heartbeat()
+            if beat is not None:
+                yield beat
+                watch.resumed()
             if kf_times and packet.size and packet.pts is not None:
                 pt = float(packet.pts * tb) - t0
                 if resume_at is None and ti < len(targets):
@@ -347,7 +418,8 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
                      decode_threads: int = 1, stats: DecodeStats | None = None,
                      candidate_fps: float = 8.0, shot_threshold: float = 3.0,
                      shots_out: list | None = None, reference_frames_only: bool = True,
-                     hold_budget_bytes: int = 256 << 20) -> Iterator[SnippetChunk]:
+                     hold_budget_bytes: int = 256 << 20,
+                     heartbeat_s: float | None = None) -> Iterator[SnippetChunk | DecodeHeartbeat]:
     """Decode the video once: detect shots on a small copy of each frame, plan shot-aligned
     clips as cuts become final, and take each snippet from a buffer of recent candidate frames.
 
@@ -356,14 +428,15 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
 
     Snippets are the candidate nearest each segment centre (candidates are ``candidate_fps``
     apart, so at most half that interval off the exact centre). Detected shots are appended
-    to ``shots_out`` as ShotSpan.
+    to ``shots_out`` as ShotSpan. ``timeout_s`` bounds a stall (DecodeWatch); with
+    ``heartbeat_s``, DecodeHeartbeat items come between chunks as in iter_snippet_chunks.
     """
     from collections import deque
 
     from indexer.shots import DETECT_WIDTH, OnlineClipPlanner, SceneDetectShots
 
     stats = stats if stats is not None else DecodeStats()
-    deadline = time.monotonic() + timeout_s
+    watch = DecodeWatch(timeout_s, heartbeat_s)
     size = target_size(probe, short_side)
     det_w = min(DETECT_WIDTH, probe.width)
     detector = SceneDetectShots(probe.avg_fps or probe.base_fps, threshold=shot_threshold,
@@ -415,6 +488,7 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
             part, ready[:] = ready[:clips_per_chunk], ready[clips_per_chunk:]
             yield SnippetChunk(spans=tuple(p[0] for p in part), times_s=tuple(p[1] for p in part),
                                frames=np.stack([f for p in part for f in p[2]]))
+            watch.resumed()
 
     model_fmt, small_fmt = VideoReformatter(), VideoReformatter()
     container = open_container(path)
@@ -432,9 +506,13 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
         t0 = probe.start_time_s
         next_candidate = float("-inf")
         errors_in_row = [0]
+        tb = stream.time_base
         for packet in container.demux(stream):
-            if time.monotonic() > deadline:
-                raise DecodeTimeout(f"decoding did not finish within {timeout_s:.0f} s")
+            watch.packet(packet, tb)
+            beat = watch.heartbeat()
+            if beat is not None:
+                yield beat
+                watch.resumed()
             frames = _decode_packet(packet, stats, errors_in_row)
             if frames is None:
                 break

@@ -20,7 +20,8 @@ import numpy as np
 
 from indexer.clips import plan_clips
 from indexer.config import Settings
-from indexer.decode import DecodeStats, DecodeTimeout, ShotSpan, iter_shot_chunks, iter_snippet_chunks
+from indexer.decode import (DecodeHeartbeat, DecodeStats, DecodeTimeout, ShotSpan, heartbeat_interval,
+                            iter_shot_chunks, iter_snippet_chunks)
 from indexer.model import LoadedModel, consensus
 from indexer.probe import ProbeFailure, probe_video
 from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
@@ -43,6 +44,7 @@ class VideoJob:
     min_shot_s: float = 0.6
     shot_threshold: float = 3.0
     shot_reference_frames_only: bool = True  # skip unreferenced frames (see iter_shot_chunks)
+    heartbeat_s: float | None = None  # yield DecodeHeartbeat this often while busy (None: never)
 
 
 def make_video_jobs(to_index: list[tuple[VideoFile, str]], settings: Settings, short_side: int,
@@ -52,7 +54,8 @@ def make_video_jobs(to_index: list[tuple[VideoFile, str]], settings: Settings, s
     return [VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, short_side,
                      settings.decode_timeout_s, chunk_frames, shots=shots, min_shot_s=settings.min_shot_s,
                      shot_threshold=settings.shot_threshold,
-                     shot_reference_frames_only=settings.shot_frames == "reference")
+                     shot_reference_frames_only=settings.shot_frames == "reference",
+                     heartbeat_s=heartbeat_interval(settings.decode_timeout_s))
             for f, fp in to_index]
 
 
@@ -101,8 +104,11 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOutcome]:
-    """Probe and decode one file. Never raises for bad input: the outcome says what happened."""
+def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHeartbeat | DecodeOutcome]:
+    """Probe and decode one file. Never raises for bad input: the outcome says what happened.
+
+    With ``job.heartbeat_s`` set, DecodeHeartbeat items come while decoding is busy between
+    chunks (and once after the probe), so a driver can tell a slow file from a hung one."""
     t0 = time.monotonic()
     probe: VideoProbe | None = None
     stats = DecodeStats()
@@ -113,12 +119,15 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
     status, error = VideoStatus.INDEXED, None
     try:
         probe = probe_video(job.file.path, timeout_s=min(job.timeout_s, 60.0))
-        timeout = job.timeout_s + probe.duration_s
+        if job.heartbeat_s is not None:
+            yield DecodeHeartbeat(0.0)  # probed: alive (the probe of a file without a duration reads it all)
+        timeout = job.timeout_s  # a bound on a stall, not on the whole decode (DecodeWatch)
         if job.shots:
             chunks = iter_shot_chunks(job.file.path, probe, job.snippets, job.short_side, job.clip_s,
                                       job.min_shot_s, timeout, job.chunk_frames, job.decode_threads, stats,
                                       shot_threshold=job.shot_threshold, shots_out=shots,
-                                      reference_frames_only=job.shot_reference_frames_only)
+                                      reference_frames_only=job.shot_reference_frames_only,
+                                      heartbeat_s=job.heartbeat_s)
         else:
             spans = plan_clips(probe.duration_s, job.clip_s)
             if not spans:
@@ -128,8 +137,11 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeOut
             expected_clips = len(spans)
             chunks = iter_snippet_chunks(job.file.path, probe, spans, job.snippets, job.short_side,
                                          job.sampling, timeout, job.chunk_frames, job.decode_threads, stats,
-                                         clip_s=job.clip_s)
+                                         clip_s=job.clip_s, heartbeat_s=job.heartbeat_s)
         for chunk in chunks:
+            if isinstance(chunk, DecodeHeartbeat):
+                yield chunk
+                continue
             n_clips += len(chunk.spans)
             yield ChunkHeader(job.file.path, chunk.spans, chunk.times_s, probe)
             yield chunk.frames

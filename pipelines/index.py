@@ -323,6 +323,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
     progress = Progress(len(jobs), sum(_expected_seconds(f) for f, _ in plan.to_index), enabled=show_progress)
     streams: dict = {}  # generator -> VideoAssembler
     waiting_frames: dict = {}  # generator -> ChunkHeader whose frames are the stream's next item
+    heard: dict = {}  # generator -> when it last showed progress (an item, or being held back by us)
     embeds: dict = {}  # ObjectRef -> (VideoAssembler, actor index, actor, header, frames ref)
     actor_load = [0] * len(actors)
     live: list[VideoAssembler] = []  # every video started and not yet committed
@@ -349,6 +350,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
         for gen in [g for g, a in streams.items() if a is asm]:
             ray.cancel(gen, force=True)
             streams.pop(gen)
+            heard.pop(gen, None)
             waiting_frames.pop(gen, None)
         live[:] = [a for a in live if a is not asm]  # its chunks still in flight are ignored
         jobs.appendleft(asm.job)
@@ -385,11 +387,16 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                 job = jobs.popleft()
                 gen = decode_fn.remote(job)
                 streams[gen] = VideoAssembler(job)
+                heard[gen] = time.monotonic()
                 live.append(streams[gen])
             queue = _ACTOR_QUEUE if model_ready.check() else _ACTOR_QUEUE_LOADING
             actors_full = min(actor_load) >= queue
             # A stream whose next item is frames waits while every model actor is busy.
             waitable = [g for g in streams if not (actors_full and g in waiting_frames)] + list(embeds)
+            held_at = time.monotonic()
+            for g in streams:
+                if actors_full and g in waiting_frames:
+                    heard[g] = held_at  # paused by us (Ray's backpressure stops it soon): not its stall
             ready, _ = ray.wait(waitable, num_returns=1, timeout=1.0) if waitable else ([], [])
             for ref in ready:
                 if ref in embeds:
@@ -431,6 +438,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                     item_ref = next(ref)
                 except StopIteration:
                     streams.pop(ref)
+                    heard.pop(ref, None)
                     waiting_frames.pop(ref, None)
                     if asm.outcome is None:
                         asm.fail("decode worker ended without a result")
@@ -447,27 +455,37 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                     asm.fail(f"decoder crashed on this file ({_LOST_RETRIES + 1} times): {_short(exc)}")
                     ray.cancel(ref, force=True)
                     streams.pop(ref)
+                    heard.pop(ref, None)
                     waiting_frames.pop(ref, None)
                     continue
+                heard[ref] = time.monotonic()
                 if isinstance(item, ChunkHeader):
                     waiting_frames[ref] = item
                 elif isinstance(item, DecodeOutcome):
                     asm.outcome = item
-            # Decodes that outlive their bound (a hang inside libav) are killed.
+            # A decode that shows no progress (no chunk, no heartbeat) for the stall bound plus a
+            # grace is stuck where it cannot stop itself (a libav call that never returns): killed.
+            # Slow is not stuck: a file that decodes slower than real time keeps sending heartbeats.
             now = time.monotonic()
+            limit = settings.decode_timeout_s + _DECODE_GRACE_S
             for gen, asm in list(streams.items()):
-                limit = settings.decode_timeout_s + _expected_seconds(asm.job.file) * 2 + _DECODE_GRACE_S
-                if asm.outcome is None and now - asm.started > limit:
+                silent_s = now - heard.get(gen, asm.started)
+                if asm.outcome is None and silent_s > limit:
+                    if ray.wait([gen], timeout=0)[0]:
+                        heard[gen] = now  # it did speak, while the driver was busy (a long commit)
+                        continue
                     ray.cancel(gen, force=True)
                     streams.pop(gen)
+                    heard.pop(gen, None)
                     waiting_frames.pop(gen, None)
-                    asm.fail(f"decoding hung for {now - asm.started:.0f} s and was stopped; the file "
-                             f"is probably damaged")
+                    asm.fail(f"decoding hung (no progress for {silent_s:.0f} s) and was stopped; the file is "
+                             f"probably damaged (raise decode_timeout_s to allow more)")
             # Collect completed videos (outcome in and every chunk embedded).
             for asm in [a for a in live if a.complete]:
                 live.remove(asm)
                 for gen in [g for g, a in streams.items() if a is asm]:
                     streams.pop(gen)
+                    heard.pop(gen, None)
                     waiting_frames.pop(gen, None)
                 result = asm.result()
                 done.append(result)

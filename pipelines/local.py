@@ -42,6 +42,7 @@ import numpy as np
 
 from indexer import vectors as vec
 from indexer.config import Settings
+from indexer.decode import DecodeHeartbeat
 from indexer.incremental import WorkPlan
 from indexer.model import LoadedModel, ModelSpec, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
@@ -112,16 +113,16 @@ class _DecodeThread:
 class _DecodeFeed:
     """(job number, payload) in job order from a decode thread that starts at once.
 
-    A decode that outlives the Ray driver's bound (``decode_timeout_s + 2 x expected
-    seconds + grace``) yields ``(job number, ("hung", seconds))`` and decoding goes on with
-    the next file in a fresh thread.
+    A decode that shows no progress (no chunk, no heartbeat) for the Ray driver's bound
+    (``decode_timeout_s + grace``) yields ``(job number, ("hung", seconds))`` and decoding goes
+    on with the next file in a fresh thread. Heartbeats themselves are not passed on.
     """
 
-    def __init__(self, jobs: list[VideoJob], settings: Settings, expected_s):
+    def __init__(self, jobs: list[VideoJob], settings: Settings):
         from pipelines.index import _DECODE_GRACE_S
 
-        self.jobs, self.expected_s = jobs, expected_s
-        self.base_s = settings.decode_timeout_s + _DECODE_GRACE_S
+        self.jobs = jobs
+        self.limit_s = settings.decode_timeout_s + _DECODE_GRACE_S
         self.gen = 0
         self.q: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
         self.worker = _DecodeThread(jobs, 0, self.q, self.gen)
@@ -132,7 +133,9 @@ class _DecodeFeed:
             self.worker.thread.join(_JOIN_S)
 
     def __iter__(self) -> Iterator[tuple[int, object]]:
-        current, started = -1, time.monotonic()
+        # An empty queue after the consumer's own work means the thread put nothing all that
+        # time (a live one sends a heartbeat every few seconds, or blocks on a full queue).
+        current, heard = -1, time.monotonic()
         try:
             while True:
                 try:
@@ -141,22 +144,25 @@ class _DecodeFeed:
                     item = None
                 if item is None or item.gen != self.gen:
                     now = time.monotonic()
-                    if current >= 0 and now - started > self.base_s + self.expected_s(self.jobs[current].file) * 2:
+                    if current >= 0 and now - heard > self.limit_s:
                         # Abandon the hung thread (a thread cannot be killed); go on with the next file.
                         self.worker.stop.set()
-                        yield current, ("hung", now - started)
+                        yield current, ("hung", now - heard)
                         self.gen += 1
                         self.q = queue.Queue(maxsize=_QUEUE_ITEMS)  # the old thread may still put into the old one
                         self.worker = _DecodeThread(self.jobs, current + 1, self.q, self.gen)
-                        current, started = -1, time.monotonic()
+                        current, heard = -1, time.monotonic()
                     continue
+                heard = time.monotonic()
                 payload = item.payload
                 if isinstance(payload, BaseException):
                     raise payload
                 if isinstance(payload, _End):
                     return
                 if isinstance(payload, _Started):
-                    current, started = item.seq, payload.at
+                    current = item.seq
+                    continue
+                if isinstance(payload, DecodeHeartbeat):
                     continue
                 yield item.seq, payload
         finally:
@@ -241,7 +247,7 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     feed: _DecodeFeed | None = None
     try:
         # The model loads while the first file decodes (the queue fills meanwhile).
-        feed = _DecodeFeed(jobs, settings, _expected_seconds)
+        feed = _DecodeFeed(jobs, settings)
         model = LoadedModel(spec, device=device, threads=threads)
         store.register_model(spec.model_id, spec.name, spec.pretrained, model.dim, model.image_size,
                              model.logit_scale)
@@ -261,7 +267,8 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
             if asm is None or asm.job is not jobs[seq]:
                 asm, header, failed = VideoAssembler(jobs[seq]), None, False
             if isinstance(payload, tuple) and payload and payload[0] == "hung":
-                asm.fail(f"decoding hung for {payload[1]:.0f} s and was stopped; the file is probably damaged")
+                asm.fail(f"decoding hung (no progress for {payload[1]:.0f} s) and was stopped; the file is "
+                         f"probably damaged (raise decode_timeout_s to allow more)")
                 failed = True
             elif isinstance(payload, ChunkHeader):
                 header = payload

@@ -31,8 +31,10 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +45,9 @@ from indexer.moderation import (NUDENET_INPUT, NUDENET_LABELS, ModerationError, 
                                 PromptBank, ScanLock, Scope, build_prompt_bank, load_policy, new_flag_table,
                                 nudenet_unavailable, open_index, write_report)
 from indexer.types import ClipSpan
+
+if TYPE_CHECKING:
+    from indexer.decode import DecodeHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +312,8 @@ class NudeNetJob:
     spans: tuple[ClipSpan, ...]
     k: int
     classes: tuple[str, ...]
-    timeout_s: float
+    timeout_s: float  # a stall bound (DecodeWatch), not a bound on the whole decode
+    heartbeat_s: float | None = None  # stream DecodeHeartbeat items this often while busy
 
 
 @dataclass(frozen=True)
@@ -336,10 +342,19 @@ def _scorer():
 
 
 def nudenet_video(job: NudeNetJob) -> NudeNetOutcome:
-    """Re-decode a video's due clips at their stored snippet times and score them (a Ray task)."""
-    from indexer.decode import DecodeTimeout, iter_snippet_chunks
+    """Re-decode a video's due clips at their stored snippet times and score them."""
+    *_, outcome = nudenet_video_stream(job)
+    return outcome
+
+
+def nudenet_video_stream(job: NudeNetJob) -> Iterator[DecodeHeartbeat | NudeNetOutcome]:
+    """nudenet_video as a streaming Ray task: with ``job.heartbeat_s``, DecodeHeartbeat items (one
+    at once, then while decoding is busy) that tell the driver the task is alive; last, the outcome."""
+    from indexer.decode import DecodeHeartbeat, DecodeTimeout, iter_snippet_chunks
     from indexer.probe import ProbeFailure, probe_video
 
+    if job.heartbeat_s is not None:
+        yield DecodeHeartbeat(0.0)  # started: the driver's silence bound counts from here
     t0 = time.monotonic()
     empty = np.zeros(0, np.int64)
 
@@ -350,12 +365,15 @@ def nudenet_video(job: NudeNetJob) -> NudeNetOutcome:
     try:
         st = os.stat(job.path)
     except OSError as exc:
-        return failed(f"cannot read the file ({exc.strerror}); run 'vidx index' to update the index")
+        yield failed(f"cannot read the file ({exc.strerror}); run 'vidx index' to update the index")
+        return
     if st.st_size != job.size_bytes or st.st_mtime_ns != job.mtime_ns:
-        return failed("the file changed since it was indexed; run 'vidx index' first")
+        yield failed("the file changed since it was indexed; run 'vidx index' first")
+        return
     unavailable = nudenet_unavailable()
     if unavailable:
-        return failed(f"NudeNet is not available on this worker: {unavailable}")
+        yield failed(f"NudeNet is not available on this worker: {unavailable}")
+        return
     try:
         probe = probe_video(job.path)
         short = max(2, round(NUDENET_INPUT * min(probe.display_width, probe.display_height)
@@ -364,7 +382,11 @@ def nudenet_video(job: NudeNetJob) -> NudeNetOutcome:
         scorer = _scorer()
         pos = {span: i for i, span in enumerate(job.spans)}
         done_rows, best, best_cls, best_t, frames = [], [], [], [], 0
-        for chunk in iter_snippet_chunks(job.path, probe, job.spans, job.k, short, timeout_s=job.timeout_s):
+        for chunk in iter_snippet_chunks(job.path, probe, job.spans, job.k, short, timeout_s=job.timeout_s,
+                                         heartbeat_s=job.heartbeat_s):
+            if isinstance(chunk, DecodeHeartbeat):
+                yield chunk
+                continue
             per_frame = scorer.class_max(chunk.frames)[:, wanted]  # (clips * k, classes)
             frames += len(per_frame)
             per_clip = per_frame.reshape(len(chunk.spans), job.k, len(wanted))
@@ -377,17 +399,21 @@ def nudenet_video(job: NudeNetJob) -> NudeNetOutcome:
             best_cls += [job.classes[c] for c in class_i]
             best_t.append(times[np.arange(len(times)), frame_i])
     except (ProbeFailure, DecodeTimeout) as exc:
-        return failed(f"cannot decode it again: {exc}")
+        yield failed(f"cannot decode it again: {exc}")
+        return
     except Exception as exc:  # a damaged file must not stop the scan
-        return failed(f"NudeNet failed: {type(exc).__name__}: {str(exc)[:200]}")
+        yield failed(f"NudeNet failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return
     ids = np.array([job.clip_ids[r] for r in done_rows], np.int64)
-    return NudeNetOutcome(job.video_id, job.path, ids,
+    yield NudeNetOutcome(job.video_id, job.path, ids,
                           np.concatenate(best) if best else np.zeros(0, np.float32), tuple(best_cls),
                           np.concatenate(best_t) if best_t else np.zeros(0), frames, None,
                           time.monotonic() - t0)
 
 
 def _nudenet_jobs(rows: list[dict], policy: Policy, settings: Settings) -> list[NudeNetJob]:
+    from indexer.decode import heartbeat_interval
+
     by_video: dict[int, list[dict]] = {}
     for r in rows:
         by_video.setdefault(r["video_id"], []).append(r)
@@ -395,12 +421,12 @@ def _nudenet_jobs(rows: list[dict], policy: Policy, settings: Settings) -> list[
     for video_id, clips in by_video.items():
         first = clips[0]
         k = max(1, int(first["k"] or 1))
-        duration = float(first["duration_s"] or 0.0)
         jobs.append(NudeNetJob(
             video_id=video_id, path=first["path"], size_bytes=first["size_bytes"], mtime_ns=first["mtime_ns"],
             clip_ids=tuple(int(c["clip_id"]) for c in clips),
             spans=tuple(ClipSpan(int(c["idx"]), float(c["start_s"]), float(c["end_s"])) for c in clips),
-            k=k, classes=policy.nudenet.classes, timeout_s=settings.decode_timeout_s + duration))
+            k=k, classes=policy.nudenet.classes, timeout_s=settings.decode_timeout_s,
+            heartbeat_s=heartbeat_interval(settings.decode_timeout_s)))
     return jobs
 
 
@@ -449,33 +475,50 @@ def _nudenet_pass(mstore: ModerationStore, policy: Policy, model_id: str, versio
     try:
         with ray_session(settings.ray_address) as resources:
             slots = max(1, int(resources.get("CPU", os.cpu_count() or 1)))
-            task = ray.remote(nudenet_video).options(num_cpus=1, max_retries=1)
-            in_flight: dict = {}  # ObjectRef -> (job, started)
+            task = ray.remote(nudenet_video_stream).options(num_cpus=1, max_retries=1, num_returns="streaming")
+            # One task per CPU, so a task runs as soon as it is submitted: its silence bound (no
+            # heartbeat, no outcome for decode_timeout_s + 60 s: a decode hung inside libav) counts
+            # from there. A slow file is not hung: its heartbeats keep coming.
+            in_flight: dict = {}  # streaming generator -> [job, when last heard from]
+
+            def finish(gen, job: NudeNetJob, outcome: NudeNetOutcome) -> None:
+                in_flight.pop(gen)
+                _note_outcome(outcome, job, summary)
+                if len(outcome.clip_ids):
+                    pending_outcomes.append(outcome)
+                if bar is not None:
+                    bar.update(1)
+
             while jobs or in_flight:
-                while jobs and len(in_flight) < slots * 2:
+                while jobs and len(in_flight) < slots:
                     job = jobs.popleft()
-                    in_flight[task.remote(job)] = (job, time.monotonic())
+                    in_flight[task.remote(job)] = [job, time.monotonic()]
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    job, _started = in_flight.pop(ref)
+                for gen in ready:
+                    job = in_flight[gen][0]
                     try:
-                        outcome = ray.get(ref)
+                        item = ray.get(next(gen))
+                    except StopIteration:
+                        item = NudeNetOutcome(job.video_id, job.path, np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                              (), np.zeros(0), 0, "worker ended without a result")
                     except Exception as exc:  # the worker died (a crash in a decoder)
-                        outcome = NudeNetOutcome(job.video_id, job.path, np.zeros(0, np.int64),
-                                                 np.zeros(0, np.float32), (), np.zeros(0), 0,
-                                                 f"worker failed: {type(exc).__name__}")
-                    _note_outcome(outcome, job, summary)
-                    if len(outcome.clip_ids):
-                        pending_outcomes.append(outcome)
-                    if bar is not None:
-                        bar.update(1)
+                        item = NudeNetOutcome(job.video_id, job.path, np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                              (), np.zeros(0), 0, f"worker failed: {type(exc).__name__}")
+                    if isinstance(item, NudeNetOutcome):
+                        finish(gen, job, item)
+                    else:
+                        in_flight[gen][1] = time.monotonic()  # a heartbeat
                 now = time.monotonic()
-                for ref, (job, started) in list(in_flight.items()):  # a decode hung inside libav
-                    if now - started > job.timeout_s + 60:
-                        ray.cancel(ref, force=True)
-                        in_flight.pop(ref)
+                for gen, (job, heard) in list(in_flight.items()):  # a decode hung inside libav
+                    if now - heard > job.timeout_s + 60:
+                        if ray.wait([gen], timeout=0)[0]:
+                            in_flight[gen][1] = now  # it did speak, while the driver was busy committing
+                            continue
+                        ray.cancel(gen, force=True)
+                        in_flight.pop(gen)
                         summary.errors.append({"path": job.path, "clips": len(job.clip_ids),
-                                               "reason": "decoding hung and was stopped"})
+                                               "reason": f"decoding hung (no progress for {now - heard:.0f} s) "
+                                                         f"and was stopped"})
                 if sum(len(o.clip_ids) for o in pending_outcomes) >= options.batch_clips or \
                         now - last_commit >= options.nudenet_commit_s:
                     commit()

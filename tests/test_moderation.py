@@ -8,6 +8,7 @@ the expected flags are known exactly; no Ray, no model download.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import hashlib
 import json
@@ -532,3 +533,20 @@ def test_a_scope_path_that_is_not_utf8_is_one_clear_error(env):
     with pytest.raises(ModerationError, match=r"caf\\xe9\.mp4 cannot be in the index: its name is not valid UTF-8"):
         scan(env.settings, ScanOptions(policy_path=str(env.policy), paths=("/v/caf\udce9.mp4",)),
              text_encoder=fake_embed)
+
+
+def test_nudenet_stream_says_it_is_alive_before_anything_else(tmp_path):
+    """The scan's driver bounds a task by its silence: the first item comes before any file I/O,
+    and the outcome comes last (here: the file is gone, recorded as the reason)."""
+    from indexer.decode import DecodeHeartbeat
+    from pipelines.moderate import NudeNetJob, NudeNetOutcome, nudenet_video, nudenet_video_stream
+
+    job = NudeNetJob(video_id=1, path=str(tmp_path / "gone.mp4"), size_bytes=1, mtime_ns=1, clip_ids=(7,),
+                     spans=(ClipSpan(0, 0.0, 2.0),), k=3, classes=("FACE_FEMALE",), timeout_s=120.0,
+                     heartbeat_s=10.0)
+    items = list(nudenet_video_stream(job))
+    assert isinstance(items[0], DecodeHeartbeat) and len(items) == 2
+    assert isinstance(items[1], NudeNetOutcome) and "cannot read the file" in items[1].error
+    quiet = dataclasses.replace(job, heartbeat_s=None)
+    assert [type(x) for x in nudenet_video_stream(quiet)] == [NudeNetOutcome]
+    assert nudenet_video(job).error == items[1].error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 
 from conftest import copy_shared, ffmpeg_exe, make_color_video, make_video
 from indexer.clips import plan_clips, snippet_times
-from indexer.decode import DecodeStats, DecodeTimeout, iter_snippet_chunks, target_size
+from indexer.decode import (DecodeHeartbeat, DecodeStats, DecodeTimeout, SnippetChunk, iter_shot_chunks,
+                            iter_snippet_chunks, target_size)
 from indexer.probe import ProbeFailure, probe_video
 from indexer.types import ClipSpan
 
@@ -254,25 +256,102 @@ def test_truncated_file_drops_tail_clips(gen, rgb_video):
     assert dominant(chunks[0].frames[0]) == "r"
 
 
-@pytest.mark.parametrize("sampling", ["exact", "keyframe"])
-def test_timeout(gen, sampling):
+def _long_video(gen) -> Path:
     long = gen / "long.mp4"
     if not long.exists():
         make_video(long, "testsrc2=size=160x120:rate=25", duration_s=8.0)
-    probe = probe_video(str(long))
-    with pytest.raises(DecodeTimeout):
-        list(iter_snippet_chunks(str(long), probe, plan_clips(probe.duration_s, 2.0), 3, 32,
-                                 sampling=sampling, timeout_s=0))
+    return long
 
 
-def test_timeout_message_names_bound(gen):
-    long = gen / "long.mp4"
-    if not long.exists():
-        make_video(long, "testsrc2=size=160x120:rate=25", duration_s=8.0)
-    probe = probe_video(str(long))
-    with pytest.raises(DecodeTimeout, match="within 0 s"):
-        list(iter_snippet_chunks(str(long), probe, plan_clips(probe.duration_s, 2.0), 3, 32,
-                                 sampling="keyframe", timeout_s=0))
+def _decode_with(path, mode: str, timeout_s: float, heartbeat_s: float | None = None) -> list:
+    """Every item of one decode of ``path``: snippet modes, or the shot-aligned decode."""
+    probe = probe_video(str(path))
+    if mode == "shots":
+        return list(iter_shot_chunks(str(path), probe, 3, 32, 2.0, 0.6, timeout_s=timeout_s,
+                                     heartbeat_s=heartbeat_s))
+    return list(iter_snippet_chunks(str(path), probe, plan_clips(probe.duration_s, 2.0), 3, 32,
+                                    sampling=mode, timeout_s=timeout_s, heartbeat_s=heartbeat_s))
+
+
+class _CirclingContainer:
+    """A container whose demuxer goes round in circles after a few packets: the same packet
+    again and again, as a damaged index can make a demuxer do."""
+
+    def __init__(self, container):
+        self._c = container
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def demux(self, *streams):
+        for i, packet in enumerate(self._c.demux(*streams)):
+            if i == 10:
+                while True:
+                    time.sleep(0.005)
+                    yield packet
+            yield packet
+
+
+@pytest.mark.parametrize("mode", ["exact", "keyframe", "shots"])
+def test_a_decode_that_stops_moving_forward_is_stopped(gen, mode, monkeypatch):
+    import indexer.decode as decode
+
+    long = _long_video(gen)
+    real_open = decode.open_container
+    monkeypatch.setattr(decode, "open_container", lambda path: _CirclingContainer(real_open(path)))
+    real_decode = decode._decode_packet
+    monkeypatch.setattr(decode, "_decode_packet", lambda packet, stats, errors: (
+        [] if packet.pts is not None and packet.pts > 0 and stats.frames_decoded >= 5 else real_decode(packet, stats, errors)))
+    t0 = time.monotonic()
+    with pytest.raises(DecodeTimeout, match=r"made no progress for 0.4 s"):
+        _decode_with(long, mode, timeout_s=0.4)
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("mode", ["exact", "keyframe", "shots"])
+def test_a_decode_slower_than_real_time_is_not_stopped(gen, mode, monkeypatch):
+    """Slow is not hung: a bound that grew with the duration failed 8K files that decode slower
+    than real time. Every packet here takes 10 ms and the stall bound is 0.2 s, far less than
+    the whole decode, which must finish with the same chunks as an unhurried one."""
+    import indexer.decode as decode
+
+    long = _long_video(gen)
+    expected = _decode_with(long, mode, timeout_s=60)
+    real_decode = decode._decode_packet
+
+    def slow(packet, stats, errors):
+        time.sleep(0.01)
+        return real_decode(packet, stats, errors)
+
+    monkeypatch.setattr(decode, "_decode_packet", slow)
+    t0 = time.monotonic()
+    got = _decode_with(long, mode, timeout_s=0.2)
+    assert time.monotonic() - t0 > 0.4  # really slower than the bound
+    assert [c.spans for c in got] == [c.spans for c in expected]
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(got, expected))
+
+
+def test_heartbeats_come_between_chunks_only_when_asked(gen, monkeypatch):
+    import indexer.decode as decode
+
+    long = _long_video(gen)
+    real_decode = decode._decode_packet
+
+    def slow(packet, stats, errors):
+        time.sleep(0.01)
+        return real_decode(packet, stats, errors)
+
+    monkeypatch.setattr(decode, "_decode_packet", slow)
+    for mode in ("exact", "shots"):
+        plain = _decode_with(long, mode, timeout_s=60)
+        assert not any(isinstance(x, DecodeHeartbeat) for x in plain)
+        items = _decode_with(long, mode, timeout_s=60, heartbeat_s=0.1)
+        beats = [x for x in items if isinstance(x, DecodeHeartbeat)]
+        chunks = [x for x in items if not isinstance(x, DecodeHeartbeat)]
+        assert len(beats) >= 2, mode
+        assert [b.position_s for b in beats] == sorted(b.position_s for b in beats)
+        assert 0 < beats[-1].position_s <= 8.1
+        assert [c.spans for c in chunks] == [c.spans for c in plain]
 
 
 def test_no_spans_yields_nothing(rgb_video):
@@ -321,3 +400,29 @@ def test_targets_far_beyond_last_frame_are_dropped(rgb_video):
     chunks = list(iter_snippet_chunks(str(rgb_video), longer, spans, 3, 32))
     got = [s for c in chunks for s in c.spans]
     assert got == list(spans[:3])  # clips after ~7 s have no frame
+
+
+@pytest.mark.parametrize("mode", ["exact", "keyframe", "shots"])
+def test_a_timestamp_reset_is_still_progress(gen, mode, monkeypatch):
+    """Two MPEG-TS captures joined byte for byte: timestamps start again half way (as in
+    broadcast recordings). The second half never gets past the first half's last timestamp, but
+    it moves on through the file, so a slow decode of it is not a stall."""
+    import indexer.decode as decode
+
+    joined = gen / "reset.ts"
+    if not joined.exists():
+        parts = []
+        for i, src in enumerate(("testsrc2", "smptebars")):
+            part = gen / f"part{i}.ts"
+            make_video(part, f"{src}=size=160x120:rate=25", duration_s=3.0)
+            parts.append(part.read_bytes())
+        joined.write_bytes(b"".join(parts))
+    real_decode = decode._decode_packet
+
+    def slow(packet, stats, errors):
+        time.sleep(0.01)  # the second half's 75 packets take 0.75 s, more than the 0.3 s bound
+        return real_decode(packet, stats, errors)
+
+    monkeypatch.setattr(decode, "_decode_packet", slow)
+    items = _decode_with(joined, mode, timeout_s=0.3)
+    assert items and all(isinstance(c, SnippetChunk) for c in items)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, make_color_video
+from indexer.decode import DecodeHeartbeat
 from indexer.discover import discover_files, fingerprint_file
 from indexer.model import LoadedModel, resolve_model
 from indexer.types import ClipSpan, VideoStatus
@@ -59,11 +63,44 @@ def test_decode_video_never_raises_for_bad_input(tmp_path, content, status, word
     assert outcome.n_clips == 0 and outcome.probe is None
 
 
-def test_decode_video_timeout_becomes_failure(rgb):
-    # The probe gets min(timeout, 60) and decoding timeout + duration: a negative bound fails decoding.
-    (outcome,) = [x for x in decode_video(job_for(rgb, timeout_s=-100.0)) if isinstance(x, DecodeOutcome)]
+def test_decode_video_stall_becomes_failure(rgb, monkeypatch):
+    import indexer.decode as decode
+
+    def circling(packet, stats, errors):  # the demuxer hands the same packet forever, no frame comes out
+        time.sleep(0.01)
+        return []
+
+    real_open = decode.open_container
+
+    class Circling:
+        def __init__(self, c):
+            self._c = c
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def demux(self, *streams):
+            for packet in self._c.demux(*streams):
+                while True:
+                    yield packet
+
+    monkeypatch.setattr(decode, "open_container", lambda p: Circling(real_open(p)))
+    monkeypatch.setattr(decode, "_decode_packet", circling)
+    (outcome,) = [x for x in decode_video(job_for(rgb, timeout_s=0.3)) if isinstance(x, DecodeOutcome)]
     assert outcome.status == VideoStatus.FAILED
-    assert "raise decode_timeout_s" in outcome.error
+    assert "made no progress for 0.3 s" in outcome.error and "raise decode_timeout_s" in outcome.error
+
+
+def test_decode_video_heartbeats(rgb):
+    """With heartbeat_s, a heartbeat comes right after the probe (and while decoding is busy);
+    without it, none: the items are then exactly the chunks and the outcome."""
+    items = list(decode_video(dataclasses.replace(job_for(rgb), heartbeat_s=0.0)))
+    assert isinstance(items[0], DecodeHeartbeat)
+    assert isinstance(items[-1], DecodeOutcome) and items[-1].status == VideoStatus.INDEXED
+    plain = list(decode_video(job_for(rgb)))
+    assert not any(isinstance(x, DecodeHeartbeat) for x in plain)
+    strip = [x for x in items if not isinstance(x, DecodeHeartbeat)]
+    assert [type(x) for x in strip] == [type(x) for x in plain]
 
 
 def test_embed_chunk_and_assemble(rgb, model):

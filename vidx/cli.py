@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-workers", type=int, dest="embed_workers")
     p.add_argument("--decode-workers", type=int, dest="decode_workers")
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
-    p.add_argument("--decode-timeout-s", type=float, dest="decode_timeout_s")
+    p.add_argument("--decode-timeout-s", type=float, dest="decode_timeout_s",
+                   help=f"stop a decode that makes no progress for this long (default {DEFAULTS.decode_timeout_s:g}; "
+                        "slow files that keep moving are not stopped)")
     p.add_argument("--ray-address", dest="ray_address", help="join a Ray cluster ('auto' or host:port)")
     p.add_argument("--executor", choices=("ray", "local"),
                    help="ray (default) or local: the same stages in this process without Ray (one machine)")
