@@ -42,13 +42,13 @@ class DecodeHeartbeat:
     """Yielded by a decode that has been busy a while without a chunk to show (only when asked
     for, with ``heartbeat_s``): it tells the driver the worker is alive and moving forward."""
 
-    position_s: float  # presentation time reached so far
+    position_s: float  # seconds into the video decoded so far
 
 
 def heartbeat_interval(stall_s: float) -> float:
     """How often a busy decode says it is alive: often enough that the driver, which allows
     ``stall_s`` plus a grace between two signs of life, never mistakes slow for hung."""
-    return max(0.05, min(10.0, stall_s / 4))
+    return max(0.05, min(5.0, stall_s / 4))
 
 
 class DecodeWatch:
@@ -72,7 +72,8 @@ class DecodeWatch:
         self.last_progress_at = self.last_yield_at = now
         self.furthest_ts: float = float("-inf")
         self.furthest_pos = -1
-        self.position_s = 0.0
+        self.first_ts: float | None = None
+        self.position_s = 0.0  # seconds into the video reached so far (from the first timestamp)
 
     def packet(self, packet: av.Packet, tb) -> None:
         """Note one demuxed packet; raise DecodeTimeout once nothing has moved for ``stall_s``."""
@@ -83,8 +84,10 @@ class DecodeWatch:
             self.furthest_pos, moved = pos, True
         if ts is not None and ts > self.furthest_ts:
             self.furthest_ts, moved = ts, True
+            if self.first_ts is None:
+                self.first_ts = ts
             if tb is not None:
-                self.position_s = float(ts * tb)
+                self.position_s = max(self.position_s, float((ts - self.first_ts) * tb))
         now = time.monotonic()
         if moved:
             self.last_progress_at = now

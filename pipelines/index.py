@@ -29,6 +29,7 @@ import numpy as np
 from indexer import ann
 from indexer import vectors as vec
 from indexer.config import Settings
+from indexer.decode import DecodeHeartbeat
 from indexer.discover import discover_files, display_path
 from indexer.incremental import WorkPlan, plan_work
 from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
@@ -461,6 +462,9 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                 heard[ref] = time.monotonic()
                 if isinstance(item, ChunkHeader):
                     waiting_frames[ref] = item
+                    progress.note_position(asm.job.file.path, item.spans[-1].end_s)
+                elif isinstance(item, DecodeHeartbeat):
+                    progress.note_position(asm.job.file.path, item.position_s)
                 elif isinstance(item, DecodeOutcome):
                     asm.outcome = item
             # A decode that shows no progress (no chunk, no heartbeat) for the stall bound plus a

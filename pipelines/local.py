@@ -115,7 +115,7 @@ class _DecodeFeed:
 
     A decode that shows no progress (no chunk, no heartbeat) for the Ray driver's bound
     (``decode_timeout_s + grace``) yields ``(job number, ("hung", seconds))`` and decoding goes
-    on with the next file in a fresh thread. Heartbeats themselves are not passed on.
+    on with the next file in a fresh thread.
     """
 
     def __init__(self, jobs: list[VideoJob], settings: Settings):
@@ -161,8 +161,6 @@ class _DecodeFeed:
                     return
                 if isinstance(payload, _Started):
                     current = item.seq
-                    continue
-                if isinstance(payload, DecodeHeartbeat):
                     continue
                 yield item.seq, payload
         finally:
@@ -270,8 +268,12 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
                 asm.fail(f"decoding hung (no progress for {payload[1]:.0f} s) and was stopped; the file is "
                          f"probably damaged (raise decode_timeout_s to allow more)")
                 failed = True
+            elif isinstance(payload, DecodeHeartbeat):
+                progress.note_position(asm.job.file.path, payload.position_s)
+                continue
             elif isinstance(payload, ChunkHeader):
                 header = payload
+                progress.note_position(asm.job.file.path, payload.spans[-1].end_s)
                 continue
             elif isinstance(payload, np.ndarray):
                 if header is not None and not failed:

@@ -19,6 +19,8 @@ class Progress:
         self.started = time.monotonic()
         self.video_seconds = 0.0
         self.failed = 0
+        self._live: dict[str, float] = {}  # path -> seconds decoded so far, of videos still running
+        self._shown_at = 0.0
         self._bar = None
         if self.enabled:
             from tqdm import tqdm
@@ -30,16 +32,30 @@ class Progress:
                              mininterval=0.5, disable=None)
 
     def advance(self, result: VideoResult) -> None:
+        self._live.pop(result.file.path, None)
         if result.probe and result.status == VideoStatus.INDEXED:
             self.video_seconds += result.probe.duration_s
         if result.status == VideoStatus.FAILED:
             self.failed += 1
         if self._bar is not None:
-            elapsed = max(time.monotonic() - self.started, 1e-6)
-            self._bar.set_postfix_str(f"{self.video_seconds:,.0f} video-s, "
-                                      f"{self.video_seconds / elapsed:.1f}x realtime, {self.failed} failed",
-                                      refresh=False)
+            self._set_postfix()
             self._bar.update(1)
+
+    def note_position(self, path: str, position_s: float) -> None:
+        """A video still running has been decoded up to ``position_s``: the video-seconds and
+        realtime figures move while a long file decodes, instead of jumping when it is done."""
+        self._live[path] = max(self._live.get(path, 0.0), position_s)
+        now = time.monotonic()
+        if self._bar is not None and now - self._shown_at >= 0.5:
+            self._set_postfix()
+            self._bar.refresh()
+            self._shown_at = now
+
+    def _set_postfix(self) -> None:
+        seconds = self.video_seconds + sum(self._live.values())
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self._bar.set_postfix_str(f"{seconds:,.0f} video-s, {seconds / elapsed:.1f}x realtime, "
+                                  f"{self.failed} failed", refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -160,7 +160,7 @@ def test_decoder_stays_a_bounded_number_of_items_ahead(local_executor, three_vid
     def decode(job):
         nonlocal produced
         for item in real_decode(dataclasses.replace(job, chunk_frames=3)):  # many small chunks
-            if not isinstance(item, DecodeHeartbeat):  # signs of life, not data (the feed drops them)
+            if not isinstance(item, DecodeHeartbeat):  # signs of life for the bar, not data
                 produced += 1
             yield item
 
