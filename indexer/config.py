@@ -129,6 +129,10 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("executor 'local' runs on this machine only; drop ray_address (--ray-address)")
     if settings.batch_size < 1 or settings.embed_workers < 1:
         raise ConfigError("batch_size and embed_workers must be >= 1")
+    if not (math.isfinite(settings.decode_timeout_s) and settings.decode_timeout_s > 0):
+        # There is no "off": a decode stuck inside libav must be stopped, or the run never ends.
+        raise ConfigError(f"decode_timeout_s must be a number of seconds > 0, got {settings.decode_timeout_s!r} "
+                          f"(a decode is stopped only when it makes no progress that long; slow files are not)")
     return settings
 
 

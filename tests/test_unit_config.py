@@ -291,3 +291,11 @@ def test_long_failure_lists_are_cut_with_a_count(capsys):
     assert lines[-1] == "  ... and 7 more (5 failed, 2 skipped); 'vidx status --json' lists them all"
     _print_failures(failures[:3])
     assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan"])
+def test_decode_timeout_must_be_a_positive_number_of_seconds(value):
+    """0 does not mean "no bound": a decode stuck inside libav must still be stopped."""
+    with pytest.raises(ConfigError, match="decode_timeout_s must be a number of seconds > 0"):
+        load_settings(environ={"VIDX_DECODE_TIMEOUT_S": value})
+    assert load_settings(environ={"VIDX_DECODE_TIMEOUT_S": "0.5"}).decode_timeout_s == 0.5
