@@ -4,8 +4,10 @@ Unchanged files (same path, size and mtime, same clip settings) cost one
 ``stat`` and nothing else. A file whose stat changed is fingerprinted: same
 content means a touch; content already in the index under a path that no
 longer exists means a rename or move (vectors kept); content that exists
-under another live path means a copy (vectors cloned). Files in the scanned
-folders that are gone from disk are deleted from the index.
+under another live path means a copy (vectors cloned). New content that appears
+more than once in one run is decoded once: the other files are ``duplicates``,
+copied from it once it is indexed. Files in the scanned folders that are gone
+from disk are deleted from the index.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class WorkPlan:
     renamed: list[tuple[int, VideoFile, str]] = field(default_factory=list)  # (id, new file, old path)
     copies: list[tuple[int, VideoFile]] = field(default_factory=list)  # (source id, new file)
     to_index: list[tuple[VideoFile, str]] = field(default_factory=list)  # (file, fingerprint)
+    # New files with the same content as a file in to_index: copied from it after it is indexed.
+    duplicates: list[VideoFile] = field(default_factory=list)
     deleted: list[StoredVideo] = field(default_factory=list)
     unreadable: list[tuple[VideoFile, str]] = field(default_factory=list)
 
@@ -48,6 +52,11 @@ def plan_work(files: Iterable[VideoFile], stored: list[StoredVideo], params: dic
         by_fp[s.fingerprint].append(s)
     seen: set[str] = set()
     claimed: set[int] = set()  # stored videos already matched by a rename
+    planned: set[str] = set()  # fingerprints in plan.to_index
+
+    def index(f: VideoFile, fp: str) -> None:
+        plan.to_index.append((f, fp))
+        planned.add(fp)
 
     def needs_reindex(s: StoredVideo) -> bool:
         if s.status == "indexed":
@@ -63,7 +72,7 @@ def plan_work(files: Iterable[VideoFile], stored: list[StoredVideo], params: dic
         s = by_path.get(f.path)
         if s and s.size_bytes == f.size_bytes and s.mtime_ns == f.mtime_ns:
             if needs_reindex(s):
-                plan.to_index.append((f, s.fingerprint))
+                index(f, s.fingerprint)
             else:
                 plan.unchanged.append(s)
             continue
@@ -75,7 +84,7 @@ def plan_work(files: Iterable[VideoFile], stored: list[StoredVideo], params: dic
         if s and s.fingerprint == fp:
             plan.touched.append((s.video_id, f))
             if needs_reindex(s):
-                plan.to_index.append((f, fp))
+                index(f, fp)
             else:
                 plan.unchanged.append(s)
             continue
@@ -95,8 +104,10 @@ def plan_work(files: Iterable[VideoFile], stored: list[StoredVideo], params: dic
             plan.copies.append((source.video_id, f))
             if s:
                 plan.deleted.append(s)
+        elif fp in planned:
+            plan.duplicates.append(f)  # any old content at its path goes when it is copied
         else:
-            plan.to_index.append((f, fp))
+            index(f, fp)
 
     renamed_ids = {vid for vid, _, _ in plan.renamed}
     deleted_ids = {s.video_id for s in plan.deleted}

@@ -119,9 +119,9 @@ def _apply_plan_without_decoding(store: IndexStore, plan: WorkPlan, summary: Ind
     """Deletes, renames, copies and touches; returns clip ids removed from FAISS."""
     removed = store.delete_videos(s.video_id for s in plan.deleted)
     store.update_location([(vid, f) for vid, f, _ in plan.renamed] + plan.touched)
-    summary.deleted = len(plan.deleted)
-    summary.renamed = len(plan.renamed)
-    summary.touched = len(plan.touched)
+    summary.deleted += len(plan.deleted)
+    summary.renamed += len(plan.renamed)
+    summary.touched += len(plan.touched)
     return removed
 
 
@@ -173,8 +173,8 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
     plan = plan_work(files, store.stored_videos(), store.video_params(), params, roots, retry_failed)
     log.info("plan: %d to index, %d unchanged, %d renamed, %d copies, %d deleted", len(plan.to_index),
              len(plan.unchanged), len(plan.renamed), len(plan.copies), len(plan.deleted))
-    summary.unchanged = len(plan.unchanged)
-    summary.failed_before = sum(1 for s in plan.unchanged if s.status == "failed")
+    summary.unchanged += len(plan.unchanged)
+    summary.failed_before += sum(1 for s in plan.unchanged if s.status == "failed")
     for f, reason in plan.unreadable:  # reported, not stored (unreadable, or a name DuckDB cannot hold)
         summary.failures.append({"path": display_path(f.path), "status": "failed", "reason": reason})
     summary.failed += len(plan.unreadable)
@@ -204,8 +204,14 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
         if settings.executor == "local":  # the same stages in this process, no Ray (pipelines/local.py)
             from pipelines.local import index_with_local
 
-            return index_with_local(store, plan, spec, settings, summary, faiss_index, show_progress)
-        return _index_with_ray(store, plan, spec, settings, summary, faiss_index, show_progress)
+            status = index_with_local(store, plan, spec, settings, summary, faiss_index, show_progress)
+        else:
+            status = _index_with_ray(store, plan, spec, settings, summary, faiss_index, show_progress)
+        if status == "ok" and plan.duplicates:
+            # Files with the same content as one indexed just now: a second plan finds that one
+            # and copies its rows and vectors (no decode). No roots: this pass deletes nothing.
+            return _run(store, plan.duplicates, [], settings, summary, retry_failed, show_progress)
+        return status
 
     # Nothing to decode: keep FAISS in step with the renames/deletes/copies, or verify it.
     if changes and faiss_index is not None:

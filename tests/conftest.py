@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# A test run started as a background job of a non-interactive shell (`cmd &` in a script)
+# inherits SIGINT ignored (POSIX), and so would every vidx it starts: the Ctrl-C tests would see
+# Ctrl-C do nothing. A Python handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 TINY_MODEL = "vidx-tiny"

@@ -188,3 +188,43 @@ def test_byte_copy_reuses_vectors_without_duplicates(names_index, tmp_path, ray_
     ids = sorted(faiss_ids(db).tolist())
     assert ids == sorted(vec2), f"FAISS ids {ids} != DuckDB clip ids {sorted(vec2)}"
     assert_index_consistent(db)
+
+
+def test_identical_files_in_one_run_are_decoded_once(tmp_path, ray_tmp):
+    """An archive often holds the same file in several folders. On the first run each content is
+    decoded and embedded once; the other copies get their own rows and clip ids with identical
+    vectors (as a copy across runs does). An old video at a copy's path is replaced, not kept."""
+    folder = tmp_path / "archive"
+    a = make_video(folder / "a.mp4", "testsrc2=size=160x120:rate=25", 3.0)
+    b = make_video(folder / "b.mp4", "smptebars=size=160x120:rate=25", 2.0)
+    db = tmp_path / "db"
+    stale = folder / "exports" / "a final.mp4"
+    make_video(stale, "mandelbrot=size=160x120:rate=25", 2.0)
+    first = run_vidx(index_args([folder], db, "--clip-s", "1"), cli_env(ray_tmp))
+    assert first.rc == 0 and first.json["indexed"] == 3, first.describe()
+
+    shutil.copyfile(a, stale)  # new content at an indexed path: a copy of a.mp4 ...
+    for name in ("a copy.mp4", "again/a.mp4"):  # ... and two new copies of it
+        (folder / name).parent.mkdir(exist_ok=True)
+        shutil.copyfile(a, folder / name)
+    new_a = make_video(folder / "c.mp4", "testsrc=size=160x120:rate=25", 2.0)
+    shutil.copyfile(new_a, folder / "again" / "c.mp4")  # a copy of content new in this run
+    frames_one_c = None
+
+    res = run_vidx(index_args([folder], db, "--clip-s", "1"), cli_env(ray_tmp))
+    assert res.rc == 0, res.describe()
+    s = res.json
+    assert (s["indexed"], s["copied"], s["deleted"], s["failed"]) == (1, 4, 1, 0), s
+    frames_one_c = s["frames_embedded"]
+    assert 0 < frames_one_c <= 2 * 3, s  # c.mp4 only: 2 clips of at most 3 snippets
+    v, c, vec = videos(db), clips_by_path(db), vectors(db)
+    assert len(v) == 7 and all(r["status"] == "indexed" for r in v.values())
+    for copy in (stale, folder / "a copy.mp4", folder / "again" / "a.mp4"):
+        assert [x[1:] for x in c[str(copy)]] == [x[1:] for x in c[str(a)]]
+        for x, y in zip(c[str(a)], c[str(copy)]):
+            np.testing.assert_array_equal(vec[x[0]], vec[y[0]])
+    assert [x[1:] for x in c[str(folder / "again" / "c.mp4")]] == [x[1:] for x in c[str(new_a)]]
+    assert len({x[0] for rows in c.values() for x in rows}) == sum(len(rows) for rows in c.values())
+    assert_index_consistent(db)
+    again = run_vidx(index_args([folder], db, "--clip-s", "1"), cli_env(ray_tmp))
+    assert (again.json["indexed"], again.json["unchanged"], again.json["copied"]) == (0, 7, 0), again.describe()

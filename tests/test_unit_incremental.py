@@ -76,11 +76,12 @@ def summary(plan) -> dict:
         "to_index": sorted(f.path for f, _ in plan.to_index),
         "deleted": sorted(s.path for s in plan.deleted),
         "unreadable": sorted(f.path for f, _ in plan.unreadable),
+        "duplicates": sorted(f.path for f in plan.duplicates),
     }
 
 
 EMPTY = {"unchanged": [], "touched": [], "renamed": [], "copies": [], "to_index": [], "deleted": [],
-         "unreadable": []}
+         "unreadable": [], "duplicates": []}
 
 
 def expect(**kw) -> dict:
@@ -252,7 +253,8 @@ def test_copy_of_video_with_old_params_is_indexed_not_cloned(disk):
     disk.index(a, params=IndexParams(WANTED.model_id, 5.0, 3, "exact"))
     b = disk.root / "b.mp4"
     shutil.copyfile(a, b)
-    assert summary(disk.plan()) == expect(to_index=[str(a), str(b)])
+    # a is indexed again (new params); b, the same content, is copied from it afterwards
+    assert summary(disk.plan()) == expect(to_index=[str(a)], duplicates=[str(b)])
 
 
 def test_touched_with_params_change(disk):
@@ -346,3 +348,25 @@ def test_plan_against_store_round_trip(disk, index_dir):
         changed = IndexParams(WANTED.model_id, 3.0, 3, "exact")
         plan = plan_work(discover_files(roots), store.stored_videos(), store.video_params(), changed, roots)
         assert sorted(f.path for f, _ in plan.to_index) == [str(a), str(disk.root / "c.mp4")]
+
+
+def test_new_content_twice_in_one_run_is_indexed_once(disk):
+    """Identical new files: one is decoded, the others wait as duplicates (copied after it is
+    indexed); content already indexed is still a plain copy; different content is not a duplicate."""
+    a = disk.write("a.mp4", b"A" * 5000)
+    disk.write("b/a again.mp4", b"A" * 5000)
+    disk.write("c/a third.mp4", b"A" * 5000)
+    disk.write("other.mp4", b"B" * 5000)
+    plan = disk.plan()
+    assert len(plan.to_index) == 2 and len(plan.duplicates) == 2
+    kept = {f.path for f, _ in plan.to_index}
+    assert str(disk.root / "other.mp4") in kept
+    assert len(kept | {f.path for f in plan.duplicates}) == 4
+    assert not plan.copies
+    # once one copy of A is in the index, the rest are plain copies of it
+    disk.index(a)
+    again = disk.plan()
+    assert {f.path for f, _ in again.to_index} == {str(disk.root / "other.mp4")}
+    assert sorted(f.path for _, f in again.copies) == sorted([str(disk.root / "b/a again.mp4"),
+                                                             str(disk.root / "c/a third.mp4")])
+    assert not again.duplicates
