@@ -13,6 +13,7 @@ imports at start-up in each of them; the product has no test hooks.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -61,7 +62,7 @@ _HOOK = textwrap.dedent('''
             return container
 
         _decode.open_container = _open
-        if os.path.basename(sys.argv[0]) == "__main__.py" and "vidx" in sys.argv[0]:
+        if sys.argv[:1] == ["-m"]:  # `python -m vidx ...` (argv[0] is still "-m" while site runs)
             import pipelines.index as _index
 
             _index._DECODE_GRACE_S = float(os.environ["VIDX_TEST_GRACE_S"])
@@ -98,6 +99,9 @@ def test_slow_file_is_indexed_and_hung_file_is_stopped(videos, hooked_env, tmp_p
     assert (s["indexed"], s["failed"]) == (2, 1), r.describe()
     assert list(failed) == ["hang.mp4"], failed
     assert "hung (no progress for" in failed["hang.mp4"] and "decode_timeout_s" in failed["hang.mp4"]
+    # stopped soon after its silence passed the bound (1.5 s + 1 s grace here), not at some later point
+    silent_s = int(re.search(r"no progress for (\d+) s", failed["hang.mp4"]).group(1))
+    assert 2 <= silent_s <= 15, failed
     assert_index_consistent(db)
     # The slow file took longer than the old bound allowed, and was stopped by nothing.
     assert r.wall_s > 100 * _SLOW_PACKET_S
