@@ -456,43 +456,74 @@ class IndexStore:
         """Renames, moves and touches: new path/size/mtime for unchanged content."""
         if not updates:
             return
+        rows = pa.table({"video_id": pa.array([int(vid) for vid, _ in updates], pa.int64()),
+                         "path": pa.array([f.path for _, f in updates], pa.string()),
+                         "size_bytes": pa.array([f.size_bytes for _, f in updates], pa.int64()),
+                         "mtime_ns": pa.array([f.mtime_ns for _, f in updates], pa.int64())})
         with self.transaction():
-            self.con.executemany(
-                "UPDATE videos SET path = ?, size_bytes = ?, mtime_ns = ? WHERE video_id = ?",
-                [(f.path, f.size_bytes, f.mtime_ns, vid) for vid, f in updates])
+            # One set-based UPDATE: a row at a time cost ~0.5 ms each (9.4 s for 20,000 touched files).
+            self.con.register("_vidx_moves", rows)
+            try:
+                self.con.execute("UPDATE videos SET path = m.path, size_bytes = m.size_bytes, mtime_ns = m.mtime_ns "
+                                 "FROM _vidx_moves m WHERE videos.video_id = m.video_id")
+            finally:
+                self.con.unregister("_vidx_moves")
 
     def copy_video(self, source_id: int, file: VideoFile) -> list[int]:
         """Index a byte-identical copy by cloning the source's clips and vectors (no decoding)."""
+        return self.copy_videos([(source_id, file)])
+
+    def copy_videos(self, copies: Sequence[tuple[int, VideoFile]]) -> list[int]:
+        """Clone the rows of each (source video, new file): video, clips, vectors, tags, shots.
+
+        One transaction and a fixed number of set-based statements for any number of copies
+        (one statement list per copy cost ~12 ms each: 4 min for 20,000 copies). Returns the new
+        clip ids, ascending."""
+        if not copies:
+            return []
+        order = pa.table({"ord": pa.array(range(len(copies)), pa.int64()),
+                          "src_id": pa.array([int(src) for src, _ in copies], pa.int64()),
+                          "path": pa.array([f.path for _, f in copies], pa.string()),
+                          "size_bytes": pa.array([f.size_bytes for _, f in copies], pa.int64()),
+                          "mtime_ns": pa.array([f.mtime_ns for _, f in copies], pa.int64())})
+        cols = ", ".join(c for c in self._video_columns() if c not in ("video_id", "path", "size_bytes",
+                                                                       "mtime_ns", "first_seen_at"))
+        v_cols = ", ".join(f"v.{c}" for c in cols.split(", "))
         with self.transaction():
-            new_id = _one(self.con.execute("SELECT nextval('video_ids')"))[0]
-            cols = ", ".join(c for c in self._video_columns() if c not in ("video_id", "path", "size_bytes",
-                                                                           "mtime_ns", "first_seen_at"))
+            self.con.register("_vidx_copies", order)
+            try:
+                self.con.execute("CREATE TEMP TABLE video_map AS SELECT ord, src_id, nextval('video_ids') AS new_id, "
+                                 "path, size_bytes, mtime_ns FROM (SELECT * FROM _vidx_copies ORDER BY ord)")
+            finally:
+                self.con.unregister("_vidx_copies")
             self.con.execute(
                 f"INSERT INTO videos (video_id, path, size_bytes, mtime_ns, first_seen_at, {cols}) "
-                f"SELECT ?, ?, ?, ?, now(), {cols} FROM videos WHERE video_id = ?",
-                [new_id, file.path, file.size_bytes, file.mtime_ns, source_id])
-            self.con.execute("CREATE TEMP TABLE clip_map AS SELECT clip_id AS old_id, nextval('clip_ids') AS new_id "
-                             "FROM clips WHERE video_id = ?", [source_id])
-            self.con.execute("INSERT INTO clips SELECT m.new_id, ?, c.idx, c.start_s, c.end_s, c.snippet_times_s "
-                             "FROM clips c JOIN clip_map m ON c.clip_id = m.old_id", [new_id])
+                f"SELECT m.new_id, m.path, m.size_bytes, m.mtime_ns, now(), {v_cols} "
+                f"FROM video_map m JOIN videos v ON v.video_id = m.src_id ORDER BY m.ord")
+            self.con.execute("CREATE TEMP TABLE clip_map AS SELECT old_id, new_video, nextval('clip_ids') AS new_id "
+                             "FROM (SELECT c.clip_id AS old_id, m.new_id AS new_video FROM clips c "
+                             "JOIN video_map m ON c.video_id = m.src_id ORDER BY m.ord, c.idx)")
+            self.con.execute("INSERT INTO clips SELECT m.new_id, m.new_video, c.idx, c.start_s, c.end_s, "
+                             "c.snippet_times_s FROM clips c JOIN clip_map m ON c.clip_id = m.old_id")
             self.con.execute("INSERT INTO clip_vectors SELECT m.new_id, v.model_id, v.vector "
                              "FROM clip_vectors v JOIN clip_map m ON v.clip_id = m.old_id")
-            self.con.execute("INSERT INTO video_vectors SELECT ?, model_id, vector FROM video_vectors "
-                             "WHERE video_id = ?", [new_id, source_id])
+            self.con.execute("INSERT INTO video_vectors SELECT m.new_id, v.model_id, v.vector "
+                             "FROM video_vectors v JOIN video_map m ON v.video_id = m.src_id")
             self.con.execute("INSERT INTO clip_tags SELECT m.new_id, t.vocabulary, t.label, t.score "
                              "FROM clip_tags t JOIN clip_map m ON t.clip_id = m.old_id")
-            self.con.execute("CREATE TEMP TABLE shot_map AS SELECT shot_id AS old_id, nextval('shot_ids') AS new_id "
-                             "FROM shots WHERE video_id = ?", [source_id])
-            self.con.execute("INSERT INTO shots SELECT m.new_id, ?, s.idx, s.start_s, s.end_s, s.start_frame, "
-                             "s.end_frame, s.transition FROM shots s JOIN shot_map m ON s.shot_id = m.old_id",
-                             [new_id])
+            self.con.execute("CREATE TEMP TABLE shot_map AS SELECT old_id, new_video, nextval('shot_ids') AS new_id "
+                             "FROM (SELECT s.shot_id AS old_id, m.new_id AS new_video FROM shots s "
+                             "JOIN video_map m ON s.video_id = m.src_id ORDER BY m.ord, s.idx)")
+            self.con.execute("INSERT INTO shots SELECT m.new_id, m.new_video, s.idx, s.start_s, s.end_s, "
+                             "s.start_frame, s.end_frame, s.transition FROM shots s "
+                             "JOIN shot_map m ON s.shot_id = m.old_id")
             self.con.execute("INSERT INTO shot_tags SELECT m.new_id, t.vocabulary, t.label, t.score "
                              "FROM shot_tags t JOIN shot_map m ON t.shot_id = m.old_id")
-            self.con.execute("INSERT INTO video_tags SELECT ?, vocabulary, label, score FROM video_tags "
-                             "WHERE video_id = ?", [new_id, source_id])
+            self.con.execute("INSERT INTO video_tags SELECT m.new_id, t.vocabulary, t.label, t.score "
+                             "FROM video_tags t JOIN video_map m ON t.video_id = m.src_id")
             ids = [r[0] for r in self.con.execute("SELECT new_id FROM clip_map ORDER BY new_id").fetchall()]
-            self.con.execute("DROP TABLE clip_map")
-            self.con.execute("DROP TABLE shot_map")
+            for table in ("video_map", "clip_map", "shot_map"):
+                self.con.execute(f"DROP TABLE {table}")
         return ids
 
     def _video_columns(self) -> list[str]:

@@ -188,9 +188,9 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
     changes = bool(plan.deleted or plan.copies or plan.to_index)
     faiss_index = store.load_faiss() if changes else None
     added_ids: list[np.ndarray] = []
-    for source_id, f in plan.copies:  # before deletes: a swap copies from rows it then deletes
-        ids = store.copy_video(source_id, f)
-        summary.copied += 1
+    if plan.copies:  # before deletes: a swap copies from rows it then deletes
+        ids = store.copy_videos(plan.copies)
+        summary.copied += len(plan.copies)
         if ids:
             added_ids.append(np.array(ids, np.int64))
     removed = _apply_plan_without_decoding(store, plan, summary)

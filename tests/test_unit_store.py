@@ -251,6 +251,33 @@ def test_copy_video_clones_vectors_with_new_ids(store, rng):
     assert len(store.copy_video(src.video_id, VideoFile("/v/copy2.mp4", 1003, 99))) == 3
 
 
+def test_copy_videos_clones_many_in_one_call(store, rng):
+    """Two sources, one of them copied twice, in one call: every copy its own video and clip ids,
+    the same spans and vectors as its source, in one transaction."""
+    store.commit_results([result("/v/a.mp4", 3, rng), result("/v/b.mp4", 2, rng)], PARAMS, 1)
+    src = {s.path: s for s in store.stored_videos()}
+    before = {p: clip_ids_of(store, p) for p in src}
+    copies = [(src["/v/a.mp4"].video_id, VideoFile("/w/a1.mp4", 1003, 7)),
+              (src["/v/b.mp4"].video_id, VideoFile("/w/b1.mp4", 1002, 8)),
+              (src["/v/a.mp4"].video_id, VideoFile("/w/a2.mp4", 1003, 9))]
+    new_ids = store.copy_videos(copies)
+    assert len(new_ids) == 3 + 2 + 3 == len(set(new_ids)) and new_ids == sorted(new_ids)
+    assert set(new_ids).isdisjoint(before["/v/a.mp4"] + before["/v/b.mp4"])
+    vecs = all_vectors(store)
+    rows = {s.path: s for s in store.stored_videos()}
+    for (source, f) in copies:
+        origin = next(p for p, s in src.items() if s.video_id == source)
+        got = clip_ids_of(store, f.path)
+        assert len(got) == len(before[origin])
+        for old, new in zip(before[origin], got):
+            np.testing.assert_array_equal(vecs[old], vecs[new])
+        assert (rows[f.path].fingerprint, rows[f.path].size_bytes, rows[f.path].mtime_ns) == \
+            (src[origin].fingerprint, f.size_bytes, f.mtime_ns)
+    assert len({rows[f.path].video_id for _, f in copies}) == 3
+    assert count(store, "video_vectors") == 5
+    assert store.copy_videos([]) == []
+
+
 def test_video_params_only_for_indexed(store, rng):
     store.commit_results([result("/v/a.mp4", 1, rng),
                           result("/v/f.mp4", 0, rng, status=VideoStatus.FAILED, error="x")], PARAMS, 1)
