@@ -340,6 +340,11 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
     restarts: dict[str, int] = {}  # path -> fresh starts after its work was lost
     replaced = 0  # model actors replaced in this run
 
+    def drop_stream(gen) -> None:
+        streams.pop(gen)
+        heard.pop(gen, None)
+        waiting_frames.pop(gen, None)
+
     def is_live(asm) -> bool:
         return any(a is asm for a in live)
 
@@ -356,9 +361,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
         restarts[path] = restarts.get(path, 0) + 1
         for gen in [g for g, a in streams.items() if a is asm]:
             ray.cancel(gen, force=True)
-            streams.pop(gen)
-            heard.pop(gen, None)
-            waiting_frames.pop(gen, None)
+            drop_stream(gen)
         live[:] = [a for a in live if a is not asm]  # its chunks still in flight are ignored
         jobs.appendleft(asm.job)
         log.warning("%s: work lost with a Ray worker or node (%s); starting the file again", path, _short(exc))
@@ -444,9 +447,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                 try:
                     item_ref = next(ref)
                 except StopIteration:
-                    streams.pop(ref)
-                    heard.pop(ref, None)
-                    waiting_frames.pop(ref, None)
+                    drop_stream(ref)
                     if asm.outcome is None:
                         asm.fail("decode worker ended without a result")
                     continue
@@ -461,9 +462,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                         continue
                     asm.fail(f"decoder crashed on this file ({_LOST_RETRIES + 1} times): {_short(exc)}")
                     ray.cancel(ref, force=True)
-                    streams.pop(ref)
-                    heard.pop(ref, None)
-                    waiting_frames.pop(ref, None)
+                    drop_stream(ref)
                     continue
                 heard[ref] = time.monotonic()
                 if isinstance(item, ChunkHeader):
@@ -479,24 +478,20 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             now = time.monotonic()
             limit = settings.decode_timeout_s + _DECODE_GRACE_S
             for gen, asm in list(streams.items()):
-                silent_s = now - heard.get(gen, asm.started)
+                silent_s = now - heard[gen]
                 if asm.outcome is None and silent_s > limit:
                     if ray.wait([gen], timeout=0)[0]:
                         heard[gen] = now  # it did speak, while the driver was busy (a long commit)
                         continue
                     ray.cancel(gen, force=True)
-                    streams.pop(gen)
-                    heard.pop(gen, None)
-                    waiting_frames.pop(gen, None)
+                    drop_stream(gen)
                     asm.fail(f"decoding hung (no progress for {silent_s:.0f} s) and was stopped; the file is "
                              f"probably damaged (raise decode_timeout_s to allow more)")
             # Collect completed videos (outcome in and every chunk embedded).
             for asm in [a for a in live if a.complete]:
                 live.remove(asm)
                 for gen in [g for g, a in streams.items() if a is asm]:
-                    streams.pop(gen)
-                    heard.pop(gen, None)
-                    waiting_frames.pop(gen, None)
+                    drop_stream(gen)
                 result = asm.result()
                 done.append(result)
                 progress.advance(result)
