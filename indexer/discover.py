@@ -29,26 +29,6 @@ _NOT_MEDIA_EXTENSIONS = frozenset({
 })
 
 
-# A POSIX file name is bytes; Python shows bytes that are not UTF-8 as lone surrogates, which
-# DuckDB (UTF-8 text) cannot store. Such files are reported, never stored (see plan_work).
-UNSTORABLE_NAME = ("its name is not valid UTF-8 (e.g. Latin-1 from an older system), which the index cannot "
-                   "store; rename it to UTF-8, e.g. 'convmv -f latin1 -t utf8 --notest -r FOLDER'")
-
-
-def is_storable_path(path: str) -> bool:
-    """True when ``path`` is valid UTF-8 text (no undecodable bytes from the file system)."""
-    try:
-        path.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def display_path(path: str) -> str:
-    """``path`` printable anywhere: undecodable bytes shown as \\xNN escapes."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def is_candidate(name: str, include_hidden: bool) -> bool:
     if not include_hidden and name.startswith("."):
         return False

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.discover import UNSTORABLE_NAME, display_path, is_storable_path
+from indexer.pathtext import UNSTORABLE_NAME, display_path, from_stored, is_storable_path, shell_quote, to_stored
 from indexer.store import IndexError_, _one
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,12 @@ class VideoScenes:
 
     @property
     def name(self) -> str:
-        return os.path.basename(self.path)
+        """The file name, printable (undecodable bytes as \\xNN)."""
+        return display_path(os.path.basename(self.path))
+
+    @property
+    def stem(self) -> str:
+        return display_path(Path(self.path).stem)
 
     def tc(self, frame: int) -> str:
         return timecode(frame, self.fps)
@@ -132,22 +137,24 @@ def find_video(con, path: str) -> tuple:
     if not is_storable_path(full):
         raise NotIndexed(f"{display_path(path)} is not in the index: {UNSTORABLE_NAME}")
     for p in dict.fromkeys((full, os.path.realpath(full))):
-        row = _one(con.execute(f"SELECT {cols} FROM videos WHERE path = ?", [p]))
+        row = _one(con.execute(f"SELECT {cols} FROM videos WHERE path = ?", [to_stored(p)]))
         if row:
             candidates = [row]
             break
     if not candidates and os.sep not in path:
         candidates = con.execute(f"SELECT {cols} FROM videos WHERE path LIKE ? ESCAPE '\\' ORDER BY path",
-                                 ["%/" + path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")]
+                                 ["%/" + to_stored(path).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")]
                                  ).fetchall()
         if len(candidates) > 1:
-            raise NotIndexed(f"{len(candidates)} indexed files are named {path} "
-                             f"({candidates[0][1]}, {candidates[1][1]}, ...); give the full path")
+            raise NotIndexed(f"{len(candidates)} indexed files are named {display_path(path)} "
+                             f"({display_path(from_stored(candidates[0][1]))}, "
+                             f"{display_path(from_stored(candidates[1][1]))}, ...); give the full path")
     if not candidates:
-        raise NotIndexed(f"{path} is not in the index; index it first ('vidx index {path}') or check the path")
-    row = candidates[0]
+        raise NotIndexed(f"{display_path(path)} is not in the index; index it first "
+                         f"('vidx index {shell_quote(path)}') or check the path")
+    row = (candidates[0][0], from_stored(candidates[0][1]), *candidates[0][2:])
     if row[8] != "indexed":
-        raise NotIndexed(f"{row[1]} is in the index but was {row[8]}: {row[9] or 'no reason recorded'}")
+        raise NotIndexed(f"{display_path(row[1])} is in the index but was {row[8]}: {row[9] or 'no reason recorded'}")
     return row
 
 
@@ -500,7 +507,7 @@ def to_edl(scenes: VideoScenes, title: str | None = None) -> str:
     """CMX3600 EDL: one video event per shot (reel AX, source = the file), record timecode
     equal to source timecode; per event a FROM CLIP NAME, a LOC marker with the tags, and a
     COMMENT with the tags and their scores."""
-    title = _edl_text(title or Path(scenes.path).stem)[:70]
+    title = _edl_text(title or scenes.stem)[:70]
     lines = [f"TITLE: {title}", "FCM: NON-DROP FRAME", ""]
     for n, shot in enumerate(scenes.shots, 1):
         src_in, src_out = scenes.tc(shot.start_frame), scenes.tc(shot.end_frame)
@@ -522,8 +529,9 @@ def to_otio(scenes: VideoScenes):
 
     rate = scenes.fps
     RT, TR = otio.opentime.RationalTime, otio.opentime.TimeRange
-    timeline = otio.schema.Timeline(name=Path(scenes.path).stem, global_start_time=RT(0, rate))
-    timeline.metadata["vidx"] = {"path": scenes.path, "video_id": scenes.video_id, "fps": rate,
+    timeline = otio.schema.Timeline(name=scenes.stem, global_start_time=RT(0, rate))
+    # OTIO keeps UTF-8 text; the exact file is target_url (percent-encoded bytes).
+    timeline.metadata["vidx"] = {"path": display_path(scenes.path), "video_id": scenes.video_id, "fps": rate,
                                  "shots_from": scenes.shots_from, "contact_sheet": scenes.contact_sheet}
     track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
     timeline.tracks.append(track)
@@ -537,7 +545,7 @@ def to_otio(scenes: VideoScenes):
         rng = TR(RT(shot.start_frame, rate), RT(length, rate))
         tags = [{"vocabulary": v, "label": lab, "score": round(s, 4)} for v, lab, s in shot.tags]
         clip = otio.schema.Clip(
-            name=f"{Path(scenes.path).stem} shot {shot.idx + 1}",
+            name=f"{scenes.stem} shot {shot.idx + 1}",
             media_reference=otio.schema.ExternalReference(target_url=url, available_range=available),
             source_range=rng)
         clip.metadata["vidx"] = {"shot": shot.idx + 1, "start_s": shot.start_s, "end_s": shot.end_s,

@@ -17,7 +17,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from indexer.discover import UNSTORABLE_NAME, fingerprint_file, is_storable_path
+from indexer.discover import fingerprint_file
+from indexer.pathtext import UNSTORABLE_NAME, is_storable_path
 from indexer.store import IndexParams, StoredVideo
 from indexer.types import VideoFile
 

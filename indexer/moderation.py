@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.pathtext import display_path, from_stored, to_stored
 from indexer.store import FileLock, IndexLocked
 import pyarrow as pa
 
@@ -616,7 +617,7 @@ class Scope:
             folders = [p.rstrip(os.sep) + os.sep for p in self.paths]
             clauses.append("(list_contains(?, v.path) OR "
                            + " OR ".join("starts_with(v.path, ?)" for _ in folders) + ")")
-            params += [list(self.paths), *folders]
+            params += [[to_stored(p) for p in self.paths], *(to_stored(f) for f in folders)]
         if self.since is not None:
             clauses.append("v.indexed_at >= ?")
             params.append(self.since)
@@ -625,7 +626,7 @@ class Scope:
     def describe(self) -> str:
         parts = []
         if self.paths:
-            parts.append("under " + ", ".join(self.paths))
+            parts.append("under " + ", ".join(display_path(p) for p in self.paths))
         if self.since is not None:
             parts.append(f"indexed since {self.since}")
         return "; ".join(parts) or "whole index"
@@ -785,7 +786,10 @@ class ModerationStore:
             "v.size_bytes, v.mtime_ns, v.duration_s", " ORDER BY c.video_id, c.start_s")
         cur = self.con.execute(sql, params)
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        for r in rows:
+            r["path"] = from_stored(r["path"])
+        return rows
 
     # -- writing a batch ---------------------------------------------------------------
     def commit_batch(self, run_id: int, policy_version: str, detector: str, detector_version: str,
@@ -953,6 +957,7 @@ class ModerationStore:
 
 
 def _flag_dict(row: dict) -> dict:
+    row["path"] = from_stored(row["path"])
     row["score"] = round(float(row["score"]), 4) if row["score"] is not None else None
     row["start"] = format_timestamp(row["start_s"] or 0.0)
     row["end"] = format_timestamp(row["end_s"] or 0.0)
@@ -1005,7 +1010,8 @@ def write_report(path: str, flags: list[dict], meta: dict, max_thumbnails: int =
             writer = csv.writer(fh)
             writer.writerow(CSV_COLUMNS)
             for f in flags:
-                writer.writerow(["" if f.get(c) is None else f.get(c) for c in CSV_COLUMNS])
+                writer.writerow(["" if f.get(c) is None else display_path(f[c]) if c == "path" else f.get(c)
+                                 for c in CSV_COLUMNS])
     else:
         page = render_html(flags, meta, max_thumbnails)
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -1106,7 +1112,7 @@ def render_html(flags: list[dict], meta: dict, max_thumbnails: int = 500) -> str
             f"<td><b>{esc(str(f['label'] or f['category']))}</b><br><code>{esc(str(f['category']))}</code></td>"
             f"<td><span class=\"sev sev-{esc(str(f['severity']))}\">{esc(str(f['severity']))}</span></td>"
             f"<td>{f['score']:.3f}<br><small>{esc(str(f['detector']))}</small></td>"
-            f"<td><code>{esc(str(f['path']))}</code><br>{esc(f['start'])} &ndash; {esc(f['end'])} "
+            f"<td><code>{esc(display_path(str(f['path'])))}</code><br>{esc(f['start'])} &ndash; {esc(f['end'])} "
             f"({f['start_s']:.3f}&ndash;{f['end_s']:.3f} s)<br><small>{esc(detail)}</small></td>"
             f"<td><small>policy {esc(str(f['policy_version']))}<br>run {f['run_id']}"
             + (f"<br>reviewed by {esc(str(f['reviewer']))}" if f.get("reviewer") else "")

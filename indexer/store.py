@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer import vectors as vec
+from indexer.pathtext import from_stored, to_stored
 from indexer.types import VideoFile, VideoResult, VideoStatus
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def _named_process_alive(holder: str) -> bool:
 def _location_rows(pairs: Sequence[tuple[int, VideoFile]], id_column: str) -> pa.Table:
     """(video id, file) pairs as Arrow columns: the id (named ``id_column``), path, size, mtime."""
     return pa.table({id_column: pa.array([int(vid) for vid, _ in pairs], pa.int64()),
-                     "path": pa.array([f.path for _, f in pairs], pa.string()),
+                     "path": pa.array([to_stored(f.path) for _, f in pairs], pa.string()),
                      "size_bytes": pa.array([f.size_bytes for _, f in pairs], pa.int64()),
                      "mtime_ns": pa.array([f.mtime_ns for _, f in pairs], pa.int64())})
 
@@ -454,7 +455,7 @@ class IndexStore:
     def stored_videos(self) -> list[StoredVideo]:
         rows = self.con.execute(
             "SELECT video_id, path, fingerprint, size_bytes, mtime_ns, status FROM videos").fetchall()
-        return [StoredVideo(*r) for r in rows]
+        return [StoredVideo(r[0], from_stored(r[1]), *r[2:]) for r in rows]
 
     def video_params(self) -> dict[int, IndexParams]:
         rows = self.con.execute(
@@ -561,7 +562,7 @@ class IndexStore:
         new_ids: list[np.ndarray] = []
         new_vecs: list[np.ndarray] = []
         with self.transaction():
-            paths = [r.file.path for r in results]
+            paths = [to_stored(r.file.path) for r in results]
             old = self.con.execute("SELECT video_id FROM videos WHERE list_contains(?, path)", [paths]).fetchall()
             removed = self._delete_in_txn([r[0] for r in old]) if old else []
             video_rows, clip_rows, vector_rows, shot_rows = [], [], [], []
@@ -569,7 +570,7 @@ class IndexStore:
                 video_id = _one(self.con.execute("SELECT nextval('video_ids')"))[0]
                 probe = result.probe
                 row = {
-                    "video_id": video_id, "path": result.file.path, "fingerprint": result.fingerprint,
+                    "video_id": video_id, "path": to_stored(result.file.path), "fingerprint": result.fingerprint,
                     "size_bytes": result.file.size_bytes, "mtime_ns": result.file.mtime_ns,
                     "status": result.status.value, "error": result.error,
                     "notes": "; ".join(result.notes) or None,
@@ -725,7 +726,7 @@ class IndexStore:
         hours = _one(self.con.execute("SELECT coalesce(sum(duration_s), 0) / 3600 FROM videos "
                                  "WHERE status = 'indexed'"))[0]
         n_clips = _one(self.con.execute("SELECT count(*) FROM clips"))[0]
-        failures = [dict(path=p, status=s, reason=e) for p, s, e in self.con.execute(
+        failures = [dict(path=from_stored(p), status=s, reason=e) for p, s, e in self.con.execute(
             "SELECT path, status, error FROM videos WHERE status <> 'indexed' ORDER BY status, path").fetchall()]
         last_run = _one(self.con.execute(
             "SELECT run_id, kind, started_at, finished_at, status, stats FROM runs ORDER BY run_id DESC LIMIT 1"

@@ -30,7 +30,7 @@ from indexer import ann
 from indexer import vectors as vec
 from indexer.config import Settings
 from indexer.decode import DecodeHeartbeat
-from indexer.discover import discover_files, display_path
+from indexer.discover import discover_files
 from indexer.incremental import WorkPlan, plan_work
 from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
@@ -176,7 +176,7 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
     summary.unchanged += len(plan.unchanged)
     summary.failed_before += sum(1 for s in plan.unchanged if s.status == "failed")
     for f, reason in plan.unreadable:  # reported, not stored (unreadable, or a name DuckDB cannot hold)
-        summary.failures.append({"path": display_path(f.path), "status": "failed", "reason": reason})
+        summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
     summary.failed += len(plan.unreadable)
 
     if plan.to_index and spec is None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.config import Settings
-from indexer.discover import UNSTORABLE_NAME, display_path, is_storable_path
+from indexer.pathtext import UNSTORABLE_NAME, display_path, is_storable_path
 from indexer.model import warn_if_random_index
 from indexer.moderation import (NUDENET_INPUT, NUDENET_LABELS, ModerationError, ModerationStore, Policy,
                                 PromptBank, ScanLock, Scope, build_prompt_bank, load_policy, new_flag_table,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import shlex
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +22,7 @@ from datetime import datetime
 import numpy as np
 
 from indexer import vectors as vec
-from indexer.discover import UNSTORABLE_NAME, display_path, is_storable_path
+from indexer.pathtext import UNSTORABLE_NAME, display_path, from_stored, is_storable_path, shell_quote
 from indexer.model import LoadedModel, resolve_model, warn_if_random_index
 from indexer.store import IndexStore, ModelMismatch, _one
 
@@ -73,8 +72,8 @@ class Hit:
 
     def play_command(self, player: str = "ffplay") -> str:
         if player == "mpv":
-            return f"mpv --start={self.start_s:.3f} {shlex.quote(self.path)}"
-        return f"ffplay -hide_banner -ss {self.start_s:.3f} -autoexit {shlex.quote(self.path)}"
+            return f"mpv --start={self.start_s:.3f} {shell_quote(self.path)}"
+        return f"ffplay -hide_banner -ss {self.start_s:.3f} -autoexit {shell_quote(self.path)}"
 
     def as_dict(self, player: str = "ffplay") -> dict:
         return {"path": self.path, "video_id": self.video_id, "start_s": round(self.start_s, 3),
@@ -222,7 +221,7 @@ class Searcher:
             clip_ids=np.asarray(clips["clip_id"], np.int64), clip_video=np.asarray(clips["video_id"], np.int64),
             clip_idx=np.asarray(clips["idx"], np.int64), clip_start=np.asarray(clips["start_s"], np.float64),
             clip_end=np.asarray(clips["end_s"], np.float64),
-            video_ids=np.array([v[0] for v in videos], np.int64), video_path=[v[1] for v in videos],
+            video_ids=np.array([v[0] for v in videos], np.int64), video_path=[from_stored(v[1]) for v in videos],
             video_duration=np.array([v[2] for v in videos], np.float64),
             video_mtime_ns=np.array([v[3] for v in videos], np.int64),
             video_indexed_at=np.array([v[4] for v in videos], np.float64))
@@ -300,12 +299,12 @@ class Searcher:
         try:
             vpos = cat.video_path.index(full)
         except ValueError:
-            raise SearchError(f"{path} is not in the index; index it first or check the path") from None
+            raise SearchError(f"{display_path(path)} is not in the index; index it first or check the path") from None
         rows = np.nonzero(cat.clip_video == cat.video_ids[vpos])[0]
         inside = rows[(cat.clip_start[rows] <= time_s) & (time_s < cat.clip_end[rows])]
         if len(inside) == 0:
             last = float(cat.clip_end[rows].max()) if len(rows) else 0.0
-            raise SearchError(f"{path} has no clip at {time_s:.3f} s (indexed span 0-{last:.3f} s)")
+            raise SearchError(f"{display_path(path)} has no clip at {time_s:.3f} s (indexed span 0-{last:.3f} s)")
         clip_id = int(cat.clip_ids[inside[0]])
         with IndexStore(self.index_dir, read_only=True) as store:
             row = _one(store.con.execute("SELECT vector FROM clip_vectors WHERE clip_id = ?", [clip_id]))

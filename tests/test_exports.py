@@ -123,8 +123,10 @@ def test_find_video_by_name_and_errors(corpus):
             exports.load_scenes(store.con, str(corpus["rgb"]) + ".missing")
         with pytest.raises(exports.NotIndexed, match="not in the index"):
             exports.load_scenes(store.con, "r_b.mp4")  # LIKE wildcards are taken literally
-        with pytest.raises(exports.NotIndexed, match=r"caf\\xe9\.mp4 is not in the index: its name is not valid UTF-8"):
+        with pytest.raises(exports.NotIndexed, match=r"caf\\xe9\.mp4 is not in the index; index it first"):
             exports.load_scenes(store.con, "caf\udce9.mp4")  # a Latin-1 name, as Python reads it
+        with pytest.raises(exports.NotIndexed, match=r"is not in the index: its name holds a private-use"):
+            exports.load_scenes(store.con, "caf\U000F00E9.mp4")
 
 
 # -- formats ------------------------------------------------------------------------------------------

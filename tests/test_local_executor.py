@@ -265,28 +265,6 @@ def test_local_cli_ctrl_c_keeps_finished_videos_and_rerun_completes(corpus8, sin
     assert_same_index(db, single_node)
 
 
-def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_indexed(local_executor, three_videos,
-                                                                       tiny_settings, index_dir, capsys):
-    """A Latin-1 name (bytes DuckDB cannot store as text) is a bad file, not the end of the run: it
-    once aborted the commit of its whole batch."""
-    from indexer.discover import UNSTORABLE_NAME
-    from pipelines.index import index_paths
-    from vidx.cli import main
-
-    latin1 = os.fsdecode(os.path.join(os.fsencode(str(three_videos)), b"caf\xe9.mp4"))
-    shutil.copy(three_videos / "v0.mp4", latin1)
-    s = index_paths([str(three_videos)], _settings(tiny_settings), show_progress=False)
-    assert (s.status, s.indexed, s.failed) == ("ok", 3, 1), s.failures
-    assert s.failures == [{"path": str(three_videos / "caf\\xe9.mp4"), "status": "failed", "reason": UNSTORABLE_NAME}]
-    again = index_paths([str(three_videos)], _settings(tiny_settings), show_progress=False)
-    assert (again.indexed, again.unchanged, again.failed) == (0, 3, 1)  # reported again, never stored
-
-    # the CLI prints it (text and JSON) without an encoding error
-    assert main(["index", str(three_videos), "--db", str(index_dir), "--model", "vidx-tiny", "--pretrained",
-                 "random", "--executor", "local", "--no-tags", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["failures"][0]["reason"] == UNSTORABLE_NAME
-
-
 def test_a_full_disk_is_one_line_and_exit_1(local_executor, three_videos, index_dir, monkeypatch, capsys):
     import duckdb
 

@@ -160,8 +160,10 @@ def test_query_errors_are_one_clear_line(colour_index):
         s.search("bad \udcff bytes")
     with pytest.raises(ModelMismatch, match="built with colour"):
         Searcher(str(index), model="ViT-B-32")
-    with pytest.raises(SearchError, match=r"caf\\xe9\.mp4 is not in the index: its name is not valid UTF-8"):
-        s.search_like("/v/caf\udce9.mp4", 1.0)  # a Latin-1 file name, as Python reads it
+    with pytest.raises(SearchError, match=r"caf\\xe9\.mp4 is not in the index; index it first"):
+        s.search_like("/v/caf\udce9.mp4", 1.0)  # a Latin-1 file name, as Python reads it, not indexed
+    with pytest.raises(SearchError, match=r"is not in the index: its name holds a private-use"):
+        s.search_like("/v/caf\U000F00E9.mp4", 1.0)
 
 
 def test_filtered_search_returns_k_exact_results_on_seeded_data(tmp_path):

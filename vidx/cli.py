@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from indexer.config import DEFAULTS, ConfigError, Settings, load_settings
+from indexer.pathtext import display_path
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -151,7 +152,7 @@ FAILURES_SHOWN = 20  # an archive with thousands of bad files must not bury the 
 
 def _print_failures(failures: list[dict]) -> None:
     for f in failures[:FAILURES_SHOWN]:
-        print(f"  {f['status']}: {f['path']}: {f['reason']}")
+        print(f"  {f['status']}: {display_path(f['path'])}: {f['reason']}")
     rest = failures[FAILURES_SHOWN:]
     if rest:
         counts: dict[str, int] = {}
@@ -255,7 +256,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, 1):
         d = hit.as_dict(args.player)
         tags = f"  [{', '.join(hit.tags)}]" if hit.tags else ""
-        print(f"{rank:3d}  {_score_text(hit.score)}  {hit.path}  {d['start']}-{d['end']} "
+        print(f"{rank:3d}  {_score_text(hit.score)}  {display_path(hit.path)}  {d['start']}-{d['end']} "
               f"({hit.start_s:.3f}-{hit.end_s:.3f} s){tags}")
         print(f"       {d['play']}")
     return EXIT_OK
@@ -341,6 +342,10 @@ def _setup_logging(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Paths are shown with display_path(); should one with undecodable bytes slip through, print
+    # an escape rather than fail with UnicodeEncodeError after the work is done.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from indexer.model import ModelUnavailable

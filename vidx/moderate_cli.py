@@ -20,6 +20,8 @@ import sys
 import traceback
 from typing import Any
 
+from indexer.pathtext import display_path
+
 EXIT_NOTHING_NEW, EXIT_NEW_FLAGS, EXIT_ERROR = 0, 1, 2
 _MAX_LINES = 50  # new flags printed by a scan (all of them go to --json and --report)
 
@@ -161,7 +163,7 @@ def _print_json(data: Any) -> None:
 
 def _flag_line(f: dict, prefix: str = "") -> str:
     return (f"{prefix}#{f['flag_id']:<5} {f['status']:<9} {f['severity']:<8} {f['category']:<12} "
-            f"{f['score']:.3f}  {f['path']}  {f['start']}-{f['end']}  [{f['detector']}, policy "
+            f"{f['score']:.3f}  {display_path(f['path'])}  {f['start']}-{f['end']}  [{f['detector']}, policy "
             f"{f['policy_version']}]" + (f"  note: {f['note']}" if f.get("note") else ""))
 
 
@@ -197,7 +199,7 @@ def _scan(args: argparse.Namespace, settings) -> int:
         parts.append(f"{det} skipped: {reason}")
     print("  " + "; ".join(parts) if parts else "  no detector ran")
     for e in s.errors:
-        print(f"  not scanned: {e['path']}: {e['reason']} ({e['clips']} clip(s), retried next scan)")
+        print(f"  not scanned: {display_path(e['path'])}: {e['reason']} ({e['clips']} clip(s), retried next scan)")
     if not s.clips_in_scope and s.scope != "whole index":
         print(f"  no indexed clip is in scope ({s.scope}); index the files first with 'vidx index'")
     if s.new_flags:

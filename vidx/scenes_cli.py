@@ -11,6 +11,7 @@ import os
 import sys
 
 from indexer import exports
+from indexer.pathtext import display_path, from_stored
 
 EXIT_OK = 0
 
@@ -64,7 +65,7 @@ def _resolve_format(args) -> str:
 def table_text(scenes: exports.VideoScenes) -> str:
     source = "detected shots" if scenes.shots_from == "shots" else "clips (indexed without shot detection)"
     n = len(scenes.shots)
-    lines = [f"{scenes.path}  {n} shot{'' if n == 1 else 's'} from {source}, {scenes.fps:.3f} fps, "
+    lines = [f"{display_path(scenes.path)}  {n} shot{'' if n == 1 else 's'} from {source}, {scenes.fps:.3f} fps, "
              f"{exports.timecode(scenes.n_frames, scenes.fps)}"]
     lines.append(f"{'shot':>4}  {'start':11}  {'end':11}  {'dur(s)':>7}  {'tags':32}  thumbnail")
     for s in scenes.shots:
@@ -106,7 +107,7 @@ def run_scenes(args: argparse.Namespace) -> int:
             _print_json({"output": out, "format": fmt, "path": scenes.path, "shots": len(scenes.shots),
                          "contact_sheet": scenes.contact_sheet})
         else:
-            print(f"wrote {out} ({fmt}, {len(scenes.shots)} shots of {scenes.path})")
+            print(f"wrote {out} ({fmt}, {len(scenes.shots)} shots of {display_path(scenes.path)})")
             if scenes.contact_sheet:
                 print(f"contact sheet: {scenes.contact_sheet}")
         return EXIT_OK
@@ -175,7 +176,7 @@ def videos_with_tag(con, tag: str, vocabulary: str | None = None, min_score: flo
         if vid not in info:
             return None
         if vid not in out:
-            out[vid] = {"video_id": int(vid), "path": info[vid][1], "video_score": None, "best_score": 0.0,
+            out[vid] = {"video_id": int(vid), "path": from_stored(info[vid][1]), "video_score": None, "best_score": 0.0,
                         "shots": [], "clips": []}
         return out[vid]
 
@@ -275,7 +276,7 @@ def run_tags(args: argparse.Namespace) -> int:
                 print(f"no video has the tag '{args.label}'")
             for v in videos:
                 whole = f"  video {v['video_score']:.2f}" if v["video_score"] is not None else ""
-                print(f"{v['best_score']:.2f}  {v['path']}{whole}  ({len(v['shots'])} shots, "
+                print(f"{v['best_score']:.2f}  {display_path(v['path'])}{whole}  ({len(v['shots'])} shots, "
                       f"{len(v['clips'])} clips)")
                 for s in v["shots"]:
                     print(f"      shot {s['shot']:>3}  {s['start_tc']}-{s['end_tc']}  {s['label']} "
