@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Generator
 from fractions import Fraction
 
 import av
 
 from indexer.types import VideoProbe, VideoStatus
+from indexer.watch import DecodeHeartbeat, DecodeTimeout, DecodeWatch
 
 # ffmpeg marks a cover image in an audio file as a video stream with this disposition.
 _ATTACHED_PIC = 1024
@@ -86,10 +88,12 @@ def select_video_stream(container: av.container.InputContainer) -> av.video.stre
 
 
 def _demux_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                    deadline: float, fps: float) -> tuple[float, int, float]:
+                    watch: DecodeWatch, fps: float) -> Generator[DecodeHeartbeat, None, tuple[float, int, float]]:
     """Duration, frame count and first timestamp by reading every packet of the stream.
 
-    Raw elementary streams give packets no duration; the last frame then lasts 1/fps.
+    Raw elementary streams give packets no duration; the last frame then lasts 1/fps. Reading
+    a multi-GB raw stream takes as long as it takes: it is bounded by its progress through the
+    file (``watch``), and says it is alive with heartbeats when ``watch`` asks for them.
     """
     tb = stream.time_base or Fraction(1, 1)
     frame_ticks = int(round(1 / (fps * tb))) if fps > 0 else 0
@@ -97,10 +101,17 @@ def _demux_duration(container: av.container.InputContainer, stream: av.video.str
     end_pts = 0
     count = 0
     for packet in container.demux(stream):
+        try:
+            watch.packet(packet, tb)
+        except DecodeTimeout:
+            raise ProbeFailure(VideoStatus.FAILED, f"measuring the duration (the header has none) made no "
+                                                   f"progress for {watch.stall_s:g} s; the file may be damaged "
+                                                   f"(or raise decode_timeout_s for very slow storage)") from None
+        if watch.heartbeat_s is not None and time.monotonic() - watch.last_yield_at >= watch.heartbeat_s:
+            yield DecodeHeartbeat(0.0)  # nothing decoded yet: alive, but no video-seconds to show
+            watch.resumed()
         if packet.size == 0:
             continue
-        if time.monotonic() > deadline:
-            raise ProbeFailure(VideoStatus.FAILED, "probe timed out while measuring the duration")
         count += 1
         if packet.pts is None:
             continue
@@ -112,8 +123,21 @@ def _demux_duration(container: av.container.InputContainer, stream: av.video.str
 
 
 def probe_video(path: str, timeout_s: float = 30.0) -> VideoProbe:
-    """Probe ``path``; raise ProbeFailure when it is not an indexable video."""
-    deadline = time.monotonic() + timeout_s
+    """Probe ``path``; raise ProbeFailure when it is not an indexable video. ``timeout_s`` bounds
+    a stall (no progress through the file), as in :func:`iter_probe`."""
+    steps = iter_probe(path, timeout_s)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_probe(path: str, stall_s: float = 30.0,
+               heartbeat_s: float | None = None) -> Generator[DecodeHeartbeat, None, VideoProbe]:
+    """:func:`probe_video` as a generator for streaming workers: ``probe = yield from
+    iter_probe(...)``. With ``heartbeat_s``, it yields DecodeHeartbeat items while it reads a
+    whole file to measure a duration the header lacks (raw elementary streams)."""
     container = open_container(path)
     try:
         stream = select_video_stream(container)
@@ -139,7 +163,8 @@ def probe_video(path: str, timeout_s: float = 30.0) -> VideoProbe:
             container.close()
             container = open_container(path)
             stream = next(s for s in container.streams.video if s.index == stream_index)
-            duration_s, n_frames, first_s = _demux_duration(container, stream, deadline, base_fps)
+            watch = DecodeWatch(stall_s, heartbeat_s, what="measuring the duration")
+            duration_s, n_frames, first_s = yield from _demux_duration(container, stream, watch, base_fps)
             source = "demuxed"
             if duration_s <= 0 and n_frames and base_fps:
                 duration_s = n_frames / base_fps  # raw streams without timestamps

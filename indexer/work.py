@@ -23,7 +23,7 @@ from indexer.config import Settings
 from indexer.decode import (DecodeHeartbeat, DecodeStats, DecodeTimeout, ShotSpan, heartbeat_interval,
                             iter_shot_chunks, iter_snippet_chunks)
 from indexer.model import LoadedModel, consensus
-from indexer.probe import ProbeFailure, probe_video
+from indexer.probe import ProbeFailure, iter_probe
 from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
 
 
@@ -118,7 +118,9 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHea
     notes: list[str] = []
     status, error = VideoStatus.INDEXED, None
     try:
-        probe = probe_video(job.file.path, timeout_s=min(job.timeout_s, 60.0))
+        # A file without a duration in its header is read whole to measure it: bounded by its
+        # progress, with heartbeats, like the decode itself.
+        probe = yield from iter_probe(job.file.path, job.timeout_s, job.heartbeat_s)
         if job.heartbeat_s is not None:
             yield DecodeHeartbeat(0.0)  # probed: alive (the probe of a file without a duration reads it all)
         timeout = job.timeout_s  # a bound on a stall, not on the whole decode (DecodeWatch)

@@ -351,7 +351,7 @@ def nudenet_video_stream(job: NudeNetJob) -> Iterator[DecodeHeartbeat | NudeNetO
     """nudenet_video as a streaming Ray task: with ``job.heartbeat_s``, DecodeHeartbeat items (one
     at once, then while decoding is busy) that tell the driver the task is alive; last, the outcome."""
     from indexer.decode import DecodeHeartbeat, DecodeTimeout, iter_snippet_chunks
-    from indexer.probe import ProbeFailure, probe_video
+    from indexer.probe import ProbeFailure, iter_probe
 
     if job.heartbeat_s is not None:
         yield DecodeHeartbeat(0.0)  # started: the driver's silence bound counts from here
@@ -375,7 +375,7 @@ def nudenet_video_stream(job: NudeNetJob) -> Iterator[DecodeHeartbeat | NudeNetO
         yield failed(f"NudeNet is not available on this worker: {unavailable}")
         return
     try:
-        probe = probe_video(job.path)
+        probe = yield from iter_probe(job.path, job.timeout_s, job.heartbeat_s)
         short = max(2, round(NUDENET_INPUT * min(probe.display_width, probe.display_height)
                              / max(probe.display_width, probe.display_height)))
         wanted = np.array([NUDENET_LABELS.index(c) for c in job.classes], np.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,66 @@ def test_delayed_start(corpus):
     p = probe_video(corpus("pyscenedetect_delayed_start.mp4"))
     assert p.start_time_s == pytest.approx(1.075, abs=1e-3)
     assert p.duration_s == pytest.approx(0.96, abs=0.05)
+
+
+class _PacedContainer:
+    """A container whose demuxer takes ``pause_s`` per packet (slow storage), and after
+    ``circle_after`` packets (if given) yields the same packet forever (a damaged file)."""
+
+    def __init__(self, container, pause_s: float, circle_after: int | None = None):
+        self._c, self._pause_s, self._circle_after = container, pause_s, circle_after
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def demux(self, *streams):
+        for i, packet in enumerate(self._c.demux(*streams)):
+            time.sleep(self._pause_s)
+            while self._circle_after is not None and i >= self._circle_after:
+                time.sleep(0.005)
+                yield packet
+            yield packet
+
+
+def _raw_stream(video_dir) -> Path:
+    return make_video(video_dir / "long.h264", "testsrc2=size=64x48:rate=25", 4.0, extra=["-f", "h264"])
+
+
+def test_measuring_a_long_raw_stream_is_bounded_by_progress_not_time(video_dir, monkeypatch):
+    """Reading a whole raw stream for its duration once had a fixed 60 s bound, which a
+    multi-GB raw capture on slow storage could pass while moving forward all the time. Here the
+    read takes ~1 s (10 ms per packet) and the stall bound is 0.2 s: it must finish, with
+    heartbeats when asked for, and give what an unhurried probe gives."""
+    import indexer.probe as probe_mod
+    from indexer.decode import DecodeHeartbeat
+
+    path = str(_raw_stream(video_dir))
+    expected = probe_video(path)
+    assert expected.duration_source == "demuxed"
+    real_open = probe_mod.open_container
+    monkeypatch.setattr(probe_mod, "open_container", lambda p: _PacedContainer(real_open(p), 0.01))
+    t0 = time.monotonic()
+    steps, beats = probe_mod.iter_probe(path, stall_s=0.2, heartbeat_s=0.1), []
+    while True:
+        try:
+            beats.append(next(steps))
+        except StopIteration as done:
+            got = done.value
+            break
+    assert time.monotonic() - t0 > 0.6  # far longer than the bound
+    assert got == expected
+    assert len(beats) >= 4 and all(b == DecodeHeartbeat(0.0) for b in beats)
+    assert probe_video(path, timeout_s=0.2) == expected  # no heartbeats unless asked for
+
+
+def test_measuring_a_raw_stream_that_goes_round_in_circles_is_stopped(video_dir, monkeypatch):
+    import indexer.probe as probe_mod
+
+    path = str(_raw_stream(video_dir))
+    real_open = probe_mod.open_container
+    monkeypatch.setattr(probe_mod, "open_container", lambda p: _PacedContainer(real_open(p), 0.0, circle_after=20))
+    t0 = time.monotonic()
+    with pytest.raises(ProbeFailure, match=r"measuring the duration \(the header has none\) made no progress for "
+                                           r"0.3 s; the file may be damaged"):
+        probe_video(path, timeout_s=0.3)
+    assert time.monotonic() - t0 < 10

@@ -177,3 +177,32 @@ def test_assembler_pending_chunks_not_complete(rgb):
     asm.outcome = DecodeOutcome("x", VideoStatus.INDEXED, None, None, 1, 1, 0.0, "w")
     asm.pending = 1
     assert not asm.complete
+
+
+def test_decode_video_heartbeats_while_a_raw_stream_is_measured(tmp_path, monkeypatch):
+    """A raw stream with no duration in its header is read whole before decoding starts. Slow
+    storage (10 ms a packet, 1 s in all) must neither fail it (stall bound 0.2 s) nor leave the
+    driver without news: heartbeats come during that read, before any chunk."""
+    import indexer.probe as probe_mod
+    from conftest import make_video
+
+    raw = make_video(tmp_path / "raw.h264", "testsrc2=size=64x48:rate=25", 4.0, extra=["-f", "h264"])
+    real_open = probe_mod.open_container
+
+    class Paced:
+        def __init__(self, c):
+            self._c = c
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def demux(self, *streams):
+            for packet in self._c.demux(*streams):
+                time.sleep(0.01)
+                yield packet
+
+    monkeypatch.setattr(probe_mod, "open_container", lambda p: Paced(real_open(p)))
+    items = list(decode_video(dataclasses.replace(job_for(raw, timeout_s=0.2), heartbeat_s=0.05)))
+    assert items[-1].status == VideoStatus.INDEXED, items[-1].error
+    first_chunk = next(i for i, x in enumerate(items) if isinstance(x, ChunkHeader))
+    assert sum(isinstance(x, DecodeHeartbeat) for x in items[:first_chunk]) >= 5
