@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,26 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class PacedContainer:
+    """A PyAV container whose demuxer takes ``pause_s`` per packet (slow storage) and, from
+    packet ``circle_after`` on (if given), hands the same packet forever (a damaged file whose
+    demuxer goes round in circles). Everything else is the real container's."""
+
+    def __init__(self, container, pause_s: float = 0.0, circle_after: int | None = None):
+        self._c, self._pause_s, self._circle_after = container, pause_s, circle_after
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def demux(self, *streams):
+        for i, packet in enumerate(self._c.demux(*streams)):
+            time.sleep(self._pause_s)
+            while self._circle_after is not None and i >= self._circle_after:
+                time.sleep(0.005)
+                yield packet
+            yield packet
 
 
 def make_video(path: Path, source: str = "testsrc2=size=160x120:rate=25", duration_s: float = 2.0,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_shared, ffmpeg_exe, make_color_video, make_video
+from conftest import PacedContainer, copy_shared, ffmpeg_exe, make_color_video, make_video
 from indexer.clips import plan_clips, snippet_times
 from indexer.decode import (DecodeHeartbeat, DecodeStats, DecodeTimeout, SnippetChunk, iter_shot_chunks,
                             iter_snippet_chunks, target_size)
@@ -273,32 +273,13 @@ def _decode_with(path, mode: str, timeout_s: float, heartbeat_s: float | None = 
                                     sampling=mode, timeout_s=timeout_s, heartbeat_s=heartbeat_s))
 
 
-class _CirclingContainer:
-    """A container whose demuxer goes round in circles after a few packets: the same packet
-    again and again, as a damaged index can make a demuxer do."""
-
-    def __init__(self, container):
-        self._c = container
-
-    def __getattr__(self, name):
-        return getattr(self._c, name)
-
-    def demux(self, *streams):
-        for i, packet in enumerate(self._c.demux(*streams)):
-            if i == 10:
-                while True:
-                    time.sleep(0.005)
-                    yield packet
-            yield packet
-
-
 @pytest.mark.parametrize("mode", ["exact", "keyframe", "shots"])
 def test_a_decode_that_stops_moving_forward_is_stopped(gen, mode, monkeypatch):
     import indexer.decode as decode
 
     long = _long_video(gen)
     real_open = decode.open_container
-    monkeypatch.setattr(decode, "open_container", lambda path: _CirclingContainer(real_open(path)))
+    monkeypatch.setattr(decode, "open_container", lambda path: PacedContainer(real_open(path), circle_after=10))
     real_decode = decode._decode_packet
     monkeypatch.setattr(decode, "_decode_packet", lambda packet, stats, errors: (
         [] if packet.pts is not None and packet.pts > 0 and stats.frames_decoded >= 5 else real_decode(packet, stats, errors)))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_shared, ffmpeg_exe, make_video
+from conftest import PacedContainer, copy_shared, ffmpeg_exe, make_video
 from indexer.probe import ProbeFailure, probe_video
 from indexer.types import VideoStatus
 
@@ -243,25 +243,6 @@ def test_delayed_start(corpus):
     assert p.duration_s == pytest.approx(0.96, abs=0.05)
 
 
-class _PacedContainer:
-    """A container whose demuxer takes ``pause_s`` per packet (slow storage), and after
-    ``circle_after`` packets (if given) yields the same packet forever (a damaged file)."""
-
-    def __init__(self, container, pause_s: float, circle_after: int | None = None):
-        self._c, self._pause_s, self._circle_after = container, pause_s, circle_after
-
-    def __getattr__(self, name):
-        return getattr(self._c, name)
-
-    def demux(self, *streams):
-        for i, packet in enumerate(self._c.demux(*streams)):
-            time.sleep(self._pause_s)
-            while self._circle_after is not None and i >= self._circle_after:
-                time.sleep(0.005)
-                yield packet
-            yield packet
-
-
 def _raw_stream(video_dir) -> Path:
     return make_video(video_dir / "long.h264", "testsrc2=size=64x48:rate=25", 4.0, extra=["-f", "h264"])
 
@@ -278,7 +259,7 @@ def test_measuring_a_long_raw_stream_is_bounded_by_progress_not_time(video_dir, 
     expected = probe_video(path)
     assert expected.duration_source == "demuxed"
     real_open = probe_mod.open_container
-    monkeypatch.setattr(probe_mod, "open_container", lambda p: _PacedContainer(real_open(p), 0.01))
+    monkeypatch.setattr(probe_mod, "open_container", lambda p: PacedContainer(real_open(p), 0.01))
     t0 = time.monotonic()
     steps, beats = probe_mod.iter_probe(path, stall_s=0.2, heartbeat_s=0.1), []
     while True:
@@ -298,7 +279,7 @@ def test_measuring_a_raw_stream_that_goes_round_in_circles_is_stopped(video_dir,
 
     path = str(_raw_stream(video_dir))
     real_open = probe_mod.open_container
-    monkeypatch.setattr(probe_mod, "open_container", lambda p: _PacedContainer(real_open(p), 0.0, circle_after=20))
+    monkeypatch.setattr(probe_mod, "open_container", lambda p: PacedContainer(real_open(p), 0.0, circle_after=20))
     t0 = time.monotonic()
     with pytest.raises(ProbeFailure, match=r"measuring the duration \(the header has none\) made no progress for "
                                            r"0.3 s; the file may be damaged"):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, make_color_video
+from conftest import TINY_MODEL, PacedContainer, make_color_video, make_video
 from indexer.decode import DecodeHeartbeat
 from indexer.discover import discover_files, fingerprint_file
 from indexer.model import LoadedModel, resolve_model
@@ -71,20 +71,7 @@ def test_decode_video_stall_becomes_failure(rgb, monkeypatch):
         return []
 
     real_open = decode.open_container
-
-    class Circling:
-        def __init__(self, c):
-            self._c = c
-
-        def __getattr__(self, name):
-            return getattr(self._c, name)
-
-        def demux(self, *streams):
-            for packet in self._c.demux(*streams):
-                while True:
-                    yield packet
-
-    monkeypatch.setattr(decode, "open_container", lambda p: Circling(real_open(p)))
+    monkeypatch.setattr(decode, "open_container", lambda p: PacedContainer(real_open(p), circle_after=0))
     monkeypatch.setattr(decode, "_decode_packet", circling)
     (outcome,) = [x for x in decode_video(job_for(rgb, timeout_s=0.3)) if isinstance(x, DecodeOutcome)]
     assert outcome.status == VideoStatus.FAILED
@@ -184,24 +171,9 @@ def test_decode_video_heartbeats_while_a_raw_stream_is_measured(tmp_path, monkey
     storage (10 ms a packet, 1 s in all) must neither fail it (stall bound 0.2 s) nor leave the
     driver without news: heartbeats come during that read, before any chunk."""
     import indexer.probe as probe_mod
-    from conftest import make_video
-
     raw = make_video(tmp_path / "raw.h264", "testsrc2=size=64x48:rate=25", 4.0, extra=["-f", "h264"])
     real_open = probe_mod.open_container
-
-    class Paced:
-        def __init__(self, c):
-            self._c = c
-
-        def __getattr__(self, name):
-            return getattr(self._c, name)
-
-        def demux(self, *streams):
-            for packet in self._c.demux(*streams):
-                time.sleep(0.01)
-                yield packet
-
-    monkeypatch.setattr(probe_mod, "open_container", lambda p: Paced(real_open(p)))
+    monkeypatch.setattr(probe_mod, "open_container", lambda p: PacedContainer(real_open(p), 0.01))
     items = list(decode_video(dataclasses.replace(job_for(raw, timeout_s=0.2), heartbeat_s=0.05)))
     assert items[-1].status == VideoStatus.INDEXED, items[-1].error
     first_chunk = next(i for i, x in enumerate(items) if isinstance(x, ChunkHeader))
