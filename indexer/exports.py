@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.pathtext import UNSTORABLE_NAME, display_path, from_stored, is_storable_path, shell_quote, to_stored
+from indexer.pathtext import (UNSTORABLE_NAME, display_path, from_stored, is_storable_path, shell_quote,
+                              spellings, to_stored)
 from indexer.store import IndexError_, _one
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,18 @@ def find_video(con, path: str) -> tuple:
     full = os.path.abspath(os.path.expanduser(path))
     if not is_storable_path(full):
         raise NotIndexed(f"{display_path(path)} is not in the index: {UNSTORABLE_NAME}")
-    for p in dict.fromkeys((full, os.path.realpath(full))):
+    for p in dict.fromkeys([*spellings(full), os.path.realpath(full)]):
         row = _one(con.execute(f"SELECT {cols} FROM videos WHERE path = ?", [to_stored(p)]))
         if row:
             candidates = [row]
             break
     if not candidates and os.sep not in path:
-        candidates = con.execute(f"SELECT {cols} FROM videos WHERE path LIKE ? ESCAPE '\\' ORDER BY path",
-                                 ["%/" + to_stored(path).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")]
-                                 ).fetchall()
+        for name in spellings(path):
+            candidates = con.execute(
+                f"SELECT {cols} FROM videos WHERE path LIKE ? ESCAPE '\\' ORDER BY path",
+                ["%/" + to_stored(name).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")]).fetchall()
+            if candidates:
+                break
         if len(candidates) > 1:
             raise NotIndexed(f"{len(candidates)} indexed files are named {display_path(path)} "
                              f"({display_path(from_stored(candidates[0][1]))}, "

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.pathtext import display_path, from_stored, to_stored
+from indexer.pathtext import display_path, from_stored, spellings, to_stored
 from indexer.store import FileLock, IndexLocked
 import pyarrow as pa
 
@@ -614,10 +614,11 @@ class Scope:
     def where(self) -> tuple[str, list]:
         clauses, params = ["v.status = 'indexed'"], []
         if self.paths:
-            folders = [p.rstrip(os.sep) + os.sep for p in self.paths]
+            paths = [s for p in self.paths for s in spellings(p)]  # as typed, pasted, NFC or NFD
+            folders = [p.rstrip(os.sep) + os.sep for p in paths]
             clauses.append("(list_contains(?, v.path) OR "
                            + " OR ".join("starts_with(v.path, ?)" for _ in folders) + ")")
-            params += [[to_stored(p) for p in self.paths], *(to_stored(f) for f in folders)]
+            params += [[to_stored(p) for p in paths], *(to_stored(f) for f in folders)]
         if self.since is not None:
             clauses.append("v.indexed_at >= ?")
             params.append(self.since)

@@ -63,6 +63,33 @@ def display_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+_DISPLAY_ESCAPE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def spellings(path: str) -> list[str]:
+    """``path`` and the other ways a person may have typed the same file name, for lookups of a
+    file or folder named on the command line (never for discovery, which reads the disk):
+
+    * the ``\\xNN`` form vidx prints for a byte that is not UTF-8, pasted back from its output;
+    * the other Unicode normalization: names written on macOS are often decomposed (NFD, "e" +
+      combining accent) while keyboards type composed characters (NFC).
+
+    The first item is ``path`` itself; the list has no repeats.
+    """
+    import unicodedata
+
+    out = [path]
+    if "\\x" in path:
+        out.append(_DISPLAY_ESCAPE.sub(lambda m: chr(_SURROGATE_BASE + int(m.group(1), 16)), path))
+    if not path.isascii():
+        for form in ("NFC", "NFD"):
+            try:
+                out.append(unicodedata.normalize(form, path))
+            except ValueError:
+                pass
+    return list(dict.fromkeys(out))
+
+
 def shell_quote(path: str) -> str:
     """``path`` as one bash/zsh word, pasteable even when its name is not UTF-8: like
     ``shlex.quote``, with undecodable bytes as ``$'\\xNN'`` (as GNU ls quotes them)."""
@@ -84,4 +111,5 @@ def shell_quote(path: str) -> str:
     return "".join(parts)
 
 
-__all__ = ["UNSTORABLE_NAME", "display_path", "from_stored", "is_storable_path", "shell_quote", "to_stored"]
+__all__ = ["UNSTORABLE_NAME", "display_path", "from_stored", "is_storable_path", "shell_quote", "spellings",
+           "to_stored"]

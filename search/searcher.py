@@ -22,7 +22,8 @@ from datetime import datetime
 import numpy as np
 
 from indexer import vectors as vec
-from indexer.pathtext import UNSTORABLE_NAME, display_path, from_stored, is_storable_path, shell_quote
+from indexer.pathtext import (UNSTORABLE_NAME, display_path, from_stored, is_storable_path, shell_quote,
+                              spellings)
 from indexer.model import LoadedModel, resolve_model, warn_if_random_index
 from indexer.store import IndexStore, ModelMismatch, _one
 
@@ -112,15 +113,26 @@ class _Catalog:
     _by_path: tuple[list[str], np.ndarray] | None = field(default=None, init=False, repr=False)
     _by_video: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
+    def position_of_path(self, path: str) -> int | None:
+        """Position of the video stored at exactly ``path``, if any."""
+        import bisect
+
+        paths, order = self._sorted_paths()
+        i = bisect.bisect_left(paths, path)
+        return int(order[i]) if i < len(paths) and paths[i] == path else None
+
+    def _sorted_paths(self) -> tuple[list[str], np.ndarray]:
+        if self._by_path is None:
+            order = sorted(range(len(self.video_path)), key=self.video_path.__getitem__)
+            self._by_path = ([self.video_path[i] for i in order], np.asarray(order, np.int64))
+        return self._by_path
+
     def videos_under(self, folder: str) -> np.ndarray:
         """Positions of the videos at ``folder`` (a file) or below it (a folder): one range of
         the sorted paths, found by bisection instead of testing every path."""
         import bisect
 
-        if self._by_path is None:
-            order = sorted(range(len(self.video_path)), key=self.video_path.__getitem__)
-            self._by_path = ([self.video_path[i] for i in order], np.asarray(order, np.int64))
-        paths, order = self._by_path
+        paths, order = self._sorted_paths()
         below = folder if folder.endswith(os.sep) else folder + os.sep
         lo = bisect.bisect_left(paths, below)
         hi = bisect.bisect_left(paths, below[:-1] + chr(ord(os.sep) + 1))
@@ -150,7 +162,8 @@ class _Catalog:
         if filters.path_prefix:
             prefix = os.path.abspath(os.path.expanduser(filters.path_prefix))
             under = np.zeros(len(self.video_ids), bool)
-            under[self.videos_under(prefix)] = True
+            for spelling in spellings(prefix):  # as typed, pasted from vidx's output, NFC or NFD
+                under[self.videos_under(spelling)] = True
             ok &= under
         if filters.path_glob:
             pattern = filters.path_glob
@@ -296,10 +309,9 @@ class Searcher:
         full = os.path.abspath(os.path.expanduser(path))
         if not is_storable_path(full):
             raise SearchError(f"{display_path(path)} is not in the index: {UNSTORABLE_NAME}")
-        try:
-            vpos = cat.video_path.index(full)
-        except ValueError:
-            raise SearchError(f"{display_path(path)} is not in the index; index it first or check the path") from None
+        vpos = next((i for i in map(cat.position_of_path, spellings(full)) if i is not None), None)
+        if vpos is None:
+            raise SearchError(f"{display_path(path)} is not in the index; index it first or check the path")
         rows = np.nonzero(cat.clip_video == cat.video_ids[vpos])[0]
         inside = rows[(cat.clip_start[rows] <= time_s) & (time_s < cat.clip_end[rows])]
         if len(inside) == 0:

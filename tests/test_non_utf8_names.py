@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import make_video
+from indexer.pathtext import display_path
 from test_cli_support import assert_index_consistent, cli_env, index_args, query, ray_tmp, run_vidx  # noqa: F401
 
 
@@ -96,6 +97,32 @@ def test_latin1_names_are_indexed_searched_renamed_and_deleted(local_executor, l
     assert_index_consistent(index_dir)
 
 
+def test_a_decomposed_name_is_found_by_its_composed_spelling(local_executor, video_dir, tiny_settings, index_dir):
+    """Names written on macOS are often decomposed (NFD: "e" + a combining accent); a keyboard
+    types the composed character (NFC). Both name the same file to a person, so lookups of a
+    named file or folder accept either."""
+    import unicodedata
+
+    from indexer import exports
+    from indexer.store import IndexStore
+    from pipelines.index import index_paths
+    from search.searcher import Filters, Searcher
+
+    folder = video_dir / unicodedata.normalize("NFD", "Caf\u00e9 d\u00e9j\u00e0")
+    make_video(folder / unicodedata.normalize("NFD", "cr\u00e8me.mp4"), duration_s=3)
+    make_video(video_dir / "other.mp4", "smptebars=size=160x120:rate=25", duration_s=3)
+    s = index_paths([str(video_dir)], dataclasses.replace(tiny_settings, tags=False), show_progress=False)
+    assert s.indexed == 2
+    typed_folder = str(video_dir / "Caf\u00e9 d\u00e9j\u00e0")  # NFC, as typed
+    stored = str(folder / unicodedata.normalize("NFD", "cr\u00e8me.mp4"))
+    searcher = Searcher(str(index_dir))
+    hits = searcher.search("a test pattern", k=5, filters=Filters(path_prefix=typed_folder))
+    assert [h.path for h in hits] == [stored]
+    assert searcher.search_like(typed_folder + "/cr\u00e8me.mp4", 1.0, k=1, include_source=True)[0].path == stored
+    with IndexStore(str(index_dir), read_only=True) as store:
+        assert exports.load_scenes(store.con, "cr\u00e8me.mp4").path == stored
+
+
 def test_a_name_holding_the_mapping_characters_is_reported_not_stored(local_executor, latin1_archive,
                                                                       tiny_settings):
     from indexer.pathtext import UNSTORABLE_NAME
@@ -143,6 +170,16 @@ def test_cli_prints_latin1_paths_in_text_json_scenes_and_moderation(latin1_archi
     word = next(line.split("-autoexit ", 1)[1] for line in r.stdout.splitlines() if "caf$" in line)
     assert subprocess.run(["bash", "-c", f"test -f {word}"]).returncode == 0  # the command names the file
 
+    # What vidx printed, pasted back as an argument, names the same file or folder.
+    printed = display_path(a["cafe"])
+    r = run_vidx(["search", "--like", f"{printed}@1.0", "--db", str(index_dir), "--json", "-k", "1",
+                  "--under", display_path(a["folder"])], env)
+    assert r.rc == 0, r.stderr
+    assert [h["path"] for h in r.json] == [a["inner"]]
+    r = run_vidx(["scenes", printed, "--db", str(index_dir), "--json", "--no-thumbnails"], env)
+    assert r.rc == 0, r.stderr
+    assert r.json["path"] == a["cafe"]
+
     cafe_name = os.path.basename(a["cafe"])
     for fmt in ("edl", "otio", "csv", "json"):
         out = tmp_path / f"scenes.{fmt}"
@@ -162,6 +199,7 @@ def test_cli_prints_latin1_paths_in_text_json_scenes_and_moderation(latin1_archi
     scan = json.loads(r.stdout)
     assert scan["new_flags"] >= 1 and {f["path"] for f in scan["flags"]} == {a["inner"]}
     assert "cr\\xe8me" in report.read_text()
-    r = run_vidx(["moderate", a["folder"], "--db", str(index_dir), "--policy", str(policy), "--no-nudenet",
-                  "--rescan"], env)
+    r = run_vidx(["moderate", display_path(a["folder"]), "--db", str(index_dir), "--policy", str(policy),
+                  "--no-nudenet", "--rescan", "--json"], env)  # the folder as vidx printed it: same scope
     assert r.rc in (0, 1), r.stderr
+    assert r.json["clips_in_scope"] == scan["clips_in_scope"] >= 1

@@ -60,3 +60,16 @@ def test_shell_quote_names_the_same_bytes_in_bash(tmp_path):
     out = subprocess.run(["bash", "-c", f"cat -- {word}"], capture_output=True, check=True).stdout
     assert out == b"ok"
     assert shell_quote("/a/b c.mp4") == "'/a/b c.mp4'"
+
+
+def test_spellings_cover_pasted_output_and_both_normalizations():
+    import unicodedata
+
+    from indexer.pathtext import spellings
+
+    assert spellings("/a/b.mp4") == ["/a/b.mp4"]
+    assert spellings(display_path(LATIN1))[1] == LATIN1  # what vidx printed, pasted back
+    nfc = "/a/caf\u00e9.mp4"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc and nfd in spellings(nfc) and nfc in spellings(nfd)
+    assert spellings("/a/x\\x41.mp4") == ["/a/x\\x41.mp4"]  # \x41 is not a byte vidx escapes
