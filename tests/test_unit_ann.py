@@ -153,6 +153,22 @@ def test_filter_keeping_one_percent_returns_k_results(ivf_archive):
     np.testing.assert_allclose(scores, truth_scores, rtol=0, atol=1e-5)
 
 
+def test_one_query_at_a_time_gives_what_a_batch_gives(ivf_archive):
+    """A single query spreads its lists over the threads (parallel_mode 1), a batch does not
+    (mode 0): the answers must be the same, filtered and unfiltered."""
+    _, index, _, ids, x, video_of = ivf_archive
+    q = queries_near(x, 40, seed=21)
+    allowed = one_percent(ids, video_of, seed=4)
+    for subset in (None, allowed):
+        batch_scores, batch = vec.search_index(index, q, 10, subset)
+        assert vec.ivf_of(index).parallel_mode == 0
+        for row in range(len(q)):
+            scores, found = vec.search_index(index, q[row], 10, subset)
+            assert vec.ivf_of(index).parallel_mode == 1
+            assert np.array_equal(found[0], batch[row])
+            np.testing.assert_allclose(scores[0], batch_scores[row], rtol=0, atol=1e-5)
+
+
 def test_flat_filter_is_exact_without_a_store(tmp_path):
     store, ids, x, video_of = new_store(tmp_path, 6_000, seed=4)
     index = store.build_faiss(settings=LOW)  # 6,000 >= 5,000: the ivf index of the same rows
