@@ -27,7 +27,7 @@ from av.video.reformatter import VideoReformatter
 from indexer.clips import snippet_times, snippets_for
 from indexer.probe import ProbeFailure, open_container
 from indexer.types import ClipSpan, VideoProbe, VideoStatus
-from indexer.watch import DecodeHeartbeat, DecodeTimeout, DecodeWatch, heartbeat_interval  # noqa: F401 (re-exported)
+from indexer.watch import DecodeHeartbeat, DecodeWatch
 
 # Give up on a stream after this many consecutive packets the decoder rejects.
 _MAX_CONSECUTIVE_ERRORS = 50

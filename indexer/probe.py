@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Generator
 from fractions import Fraction
 
@@ -107,8 +106,9 @@ def _demux_duration(container: av.container.InputContainer, stream: av.video.str
             raise ProbeFailure(VideoStatus.FAILED, f"measuring the duration (the header has none) made no "
                                                    f"progress for {watch.stall_s:g} s; the file may be damaged "
                                                    f"(or raise decode_timeout_s for very slow storage)") from None
-        if watch.heartbeat_s is not None and time.monotonic() - watch.last_yield_at >= watch.heartbeat_s:
-            yield DecodeHeartbeat(0.0)  # nothing decoded yet: alive, but no video-seconds to show
+        beat = watch.heartbeat()
+        if beat is not None:
+            yield beat
             watch.resumed()
         if packet.size == 0:
             continue
@@ -163,7 +163,7 @@ def iter_probe(path: str, stall_s: float = 30.0,
             container.close()
             container = open_container(path)
             stream = next(s for s in container.streams.video if s.index == stream_index)
-            watch = DecodeWatch(stall_s, heartbeat_s, what="measuring the duration")
+            watch = DecodeWatch(stall_s, heartbeat_s, what="measuring the duration", reports_position=False)
             duration_s, n_frames, first_s = yield from _demux_duration(container, stream, watch, base_fps)
             source = "demuxed"
             if duration_s <= 0 and n_frames and base_fps:

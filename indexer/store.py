@@ -471,10 +471,6 @@ class IndexStore:
             self.con.execute("UPDATE videos SET path = m.path, size_bytes = m.size_bytes, mtime_ns = m.mtime_ns "
                              "FROM _vidx_moves m WHERE videos.video_id = m.video_id")
 
-    def copy_video(self, source_id: int, file: VideoFile) -> list[int]:
-        """Index a byte-identical copy by cloning the source's clips and vectors (no decoding)."""
-        return self.copy_videos([(source_id, file)])
-
     def copy_videos(self, copies: Sequence[tuple[int, VideoFile]]) -> list[int]:
         """Clone the rows of each (source video, new file): video, clips, vectors, tags, shots.
 

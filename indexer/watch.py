@@ -42,8 +42,12 @@ class DecodeWatch:
     chunks nor heartbeats reach it for ``stall_s`` plus a grace.
     """
 
-    def __init__(self, stall_s: float, heartbeat_s: float | None = None, what: str = "decoding"):
+    def __init__(self, stall_s: float, heartbeat_s: float | None = None, what: str = "decoding",
+                 reports_position: bool = True):
+        # reports_position=False: heartbeats say 0 s (the probe reads the whole file but decodes
+        # nothing; its position would show the video as done on the progress bar).
         self.stall_s, self.heartbeat_s, self.what = stall_s, heartbeat_s, what
+        self.reports_position = reports_position
         now = time.monotonic()
         self.last_progress_at = self.last_yield_at = now
         self.furthest_ts: float = float("-inf")
@@ -74,7 +78,7 @@ class DecodeWatch:
         """A heartbeat to yield now, if one is due."""
         if self.heartbeat_s is None or time.monotonic() - self.last_yield_at < self.heartbeat_s:
             return None
-        return DecodeHeartbeat(self.position_s)
+        return DecodeHeartbeat(self.position_s if self.reports_position else 0.0)
 
     def resumed(self) -> None:
         """Call after every yield: the consumer's time is not the decoder's."""

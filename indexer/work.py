@@ -20,11 +20,11 @@ import numpy as np
 
 from indexer.clips import plan_clips
 from indexer.config import Settings
-from indexer.decode import (DecodeHeartbeat, DecodeStats, DecodeTimeout, ShotSpan, heartbeat_interval,
-                            iter_shot_chunks, iter_snippet_chunks)
+from indexer.decode import DecodeStats, ShotSpan, iter_shot_chunks, iter_snippet_chunks
 from indexer.model import LoadedModel, consensus
 from indexer.probe import ProbeFailure, iter_probe
 from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoProbe, VideoResult, VideoStatus
+from indexer.watch import DecodeHeartbeat, DecodeTimeout, heartbeat_interval
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHea
         # progress, with heartbeats, like the decode itself.
         probe = yield from iter_probe(job.file.path, job.timeout_s, job.heartbeat_s)
         if job.heartbeat_s is not None:
-            yield DecodeHeartbeat(0.0)  # probed: alive (the probe of a file without a duration reads it all)
+            yield DecodeHeartbeat(0.0)  # probed: alive before the decoder opens the file
         timeout = job.timeout_s  # a bound on a stall, not on the whole decode (DecodeWatch)
         if job.shots:
             chunks = iter_shot_chunks(job.file.path, probe, job.snippets, job.short_side, job.clip_s,

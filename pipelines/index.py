@@ -29,13 +29,13 @@ import numpy as np
 from indexer import ann
 from indexer import vectors as vec
 from indexer.config import Settings
-from indexer.decode import DecodeHeartbeat
 from indexer.discover import discover_files
 from indexer.incremental import WorkPlan, plan_work
 from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
 from indexer.tagging import label_cache_dir
 from indexer.types import VideoResult, VideoStatus
+from indexer.watch import DecodeHeartbeat
 from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk, make_video_jobs
 from pipelines.progress import Progress
 from pipelines.ray_runtime import ray_session

@@ -42,11 +42,11 @@ import numpy as np
 
 from indexer import vectors as vec
 from indexer.config import Settings
-from indexer.decode import DecodeHeartbeat
 from indexer.incremental import WorkPlan
 from indexer.model import LoadedModel, ModelSpec, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
 from indexer.types import VideoResult
+from indexer.watch import DecodeHeartbeat
 from indexer.work import ChunkHeader, DecodeOutcome, VideoAssembler, VideoJob, decode_video, embed_chunk, make_video_jobs
 from pipelines.progress import Progress
 

@@ -47,7 +47,7 @@ from indexer.moderation import (NUDENET_INPUT, NUDENET_LABELS, ModerationError, 
 from indexer.types import ClipSpan
 
 if TYPE_CHECKING:
-    from indexer.decode import DecodeHeartbeat
+    from indexer.watch import DecodeHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,8 @@ def nudenet_video(job: NudeNetJob) -> NudeNetOutcome:
 def nudenet_video_stream(job: NudeNetJob) -> Iterator[DecodeHeartbeat | NudeNetOutcome]:
     """nudenet_video as a streaming Ray task: with ``job.heartbeat_s``, DecodeHeartbeat items (one
     at once, then while decoding is busy) that tell the driver the task is alive; last, the outcome."""
-    from indexer.decode import DecodeHeartbeat, DecodeTimeout, iter_snippet_chunks
+    from indexer.decode import iter_snippet_chunks
+    from indexer.watch import DecodeHeartbeat, DecodeTimeout
     from indexer.probe import ProbeFailure, iter_probe
 
     if job.heartbeat_s is not None:
@@ -412,7 +413,7 @@ def nudenet_video_stream(job: NudeNetJob) -> Iterator[DecodeHeartbeat | NudeNetO
 
 
 def _nudenet_jobs(rows: list[dict], policy: Policy, settings: Settings) -> list[NudeNetJob]:
-    from indexer.decode import heartbeat_interval
+    from indexer.watch import heartbeat_interval
 
     by_video: dict[int, list[dict]] = {}
     for r in rows:

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +21,7 @@ import time
 import pytest
 
 from conftest import make_video
-from indexer.decode import DecodeHeartbeat
+from indexer.watch import DecodeHeartbeat
 from test_cli_support import (REPO, Result, assert_index_consistent, cli_env, faiss_meta_ntotal, index_args,  # noqa: F401
                               kill_group, query, ray_started, ray_tmp, wait_for)
 from test_cluster import ARGS, N_VIDEOS, assert_same_index, corpus8, json_summary, single_node  # noqa: F401

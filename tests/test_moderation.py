@@ -538,7 +538,7 @@ def test_a_scope_path_the_index_cannot_hold_is_one_clear_error(env):
 def test_nudenet_stream_says_it_is_alive_before_anything_else(tmp_path):
     """The scan's driver bounds a task by its silence: the first item comes before any file I/O,
     and the outcome comes last (here: the file is gone, recorded as the reason)."""
-    from indexer.decode import DecodeHeartbeat
+    from indexer.watch import DecodeHeartbeat
     from pipelines.moderate import NudeNetJob, NudeNetOutcome, nudenet_video, nudenet_video_stream
 
     job = NudeNetJob(video_id=1, path=str(tmp_path / "gone.mp4"), size_bytes=1, mtime_ns=1, clip_ids=(7,),

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import PacedContainer, copy_shared, ffmpeg_exe, make_color_video, make_video
 from indexer.clips import plan_clips, snippet_times
-from indexer.decode import (DecodeHeartbeat, DecodeStats, DecodeTimeout, SnippetChunk, iter_shot_chunks,
-                            iter_snippet_chunks, target_size)
+from indexer.decode import DecodeStats, SnippetChunk, iter_shot_chunks, iter_snippet_chunks, target_size
 from indexer.probe import ProbeFailure, probe_video
+from indexer.watch import DecodeHeartbeat, DecodeTimeout
 from indexer.types import ClipSpan
 
 COLOURS = ["red", "green", "blue"]  # 2 s each

@@ -253,7 +253,7 @@ def test_measuring_a_long_raw_stream_is_bounded_by_progress_not_time(video_dir, 
     read takes ~1 s (10 ms per packet) and the stall bound is 0.2 s: it must finish, with
     heartbeats when asked for, and give what an unhurried probe gives."""
     import indexer.probe as probe_mod
-    from indexer.decode import DecodeHeartbeat
+    from indexer.watch import DecodeHeartbeat
 
     path = str(_raw_stream(video_dir))
     expected = probe_video(path)

@@ -230,7 +230,7 @@ def test_copy_video_clones_vectors_with_new_ids(store, rng):
     store.commit_results([result("/v/a.mp4", 3, rng)], PARAMS, 1)
     (src,) = store.stored_videos()
     src_clips = clip_ids_of(store, "/v/a.mp4")
-    new_ids = store.copy_video(src.video_id, VideoFile("/v/copy.mp4", 1003, 99))
+    new_ids = store.copy_videos([(src.video_id, VideoFile("/v/copy.mp4", 1003, 99))])
     assert len(new_ids) == 3
     assert set(new_ids).isdisjoint(src_clips)
     assert clip_ids_of(store, "/v/copy.mp4") == new_ids
@@ -248,7 +248,7 @@ def test_copy_video_clones_vectors_with_new_ids(store, rng):
     assert store.video_params()[copy.video_id] == PARAMS
     assert count(store, "video_vectors") == 2
     # a second copy works too (the temp table is dropped)
-    assert len(store.copy_video(src.video_id, VideoFile("/v/copy2.mp4", 1003, 99))) == 3
+    assert len(store.copy_videos([(src.video_id, VideoFile("/v/copy2.mp4", 1003, 99))])) == 3
 
 
 def test_copy_videos_clones_many_in_one_call(store, rng):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, PacedContainer, make_color_video, make_video
-from indexer.decode import DecodeHeartbeat
+from indexer.watch import DecodeHeartbeat
 from indexer.discover import discover_files, fingerprint_file
 from indexer.model import LoadedModel, resolve_model
 from indexer.types import ClipSpan, VideoStatus
