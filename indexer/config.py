@@ -60,6 +60,9 @@ class Settings:
     torch_threads: int = 0  # per model actor; 0 = the CPUs Ray gives it
     include_hidden: bool = False
     commit_every_s: float = 2.0  # DuckDB transaction cadence while indexing
+    # while a video is being indexed, its finished clips are saved this often, so that a kill
+    # does not lose them: the next run embeds only the rest of the file (0: off)
+    checkpoint_s: float = 60.0
     faiss_flush_s: float = 60.0  # FAISS file rewrite cadence (DuckDB is the truth)
     ann_threshold: int = 100_000  # clips: above this the vector index is approximate (IVF-SQ8)
     ann_hysteresis: float = 0.2  # back to exact below (1 - this) * threshold
@@ -129,6 +132,8 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("executor 'local' runs on this machine only; drop ray_address (--ray-address)")
     if settings.batch_size < 1 or settings.embed_workers < 1:
         raise ConfigError("batch_size and embed_workers must be >= 1")
+    if not (math.isfinite(settings.checkpoint_s) and settings.checkpoint_s >= 0):
+        raise ConfigError(f"checkpoint_s must be a number of seconds >= 0 (0: off), got {settings.checkpoint_s!r}")
     if not (math.isfinite(settings.decode_timeout_s) and settings.decode_timeout_s > 0):
         # There is no "off": a decode stuck inside libav must be stopped, or the run never ends.
         raise ConfigError(f"decode_timeout_s must be a number of seconds > 0, got {settings.decode_timeout_s!r} "

@@ -53,6 +53,7 @@ class DecodeStats:
     packets_skipped: int = 0
     last_frame_s: float = -1.0
     stopped_early: str | None = None
+    clips_skipped: int = 0  # planned clips not produced because an earlier run saved them
 
 
 def target_size(probe: VideoProbe, short_side: int) -> tuple[int, int]:
@@ -350,7 +351,8 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
                      candidate_fps: float = 8.0, shot_threshold: float = 3.0,
                      shots_out: list | None = None, reference_frames_only: bool = True,
                      hold_budget_bytes: int = 256 << 20,
-                     heartbeat_s: float | None = None) -> Iterator[SnippetChunk | DecodeHeartbeat]:
+                     heartbeat_s: float | None = None,
+                     skip_clips: int = 0) -> Iterator[SnippetChunk | DecodeHeartbeat]:
     """Decode the video once: detect shots on a small copy of each frame, plan shot-aligned
     clips as cuts become final, and take each snippet from a buffer of recent candidate frames.
 
@@ -361,6 +363,8 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
     apart, so at most half that interval off the exact centre). Detected shots are appended
     to ``shots_out`` as ShotSpan. ``timeout_s`` bounds a stall (DecodeWatch); with
     ``heartbeat_s``, DecodeHeartbeat items come between chunks as in iter_snippet_chunks.
+    Clips numbered below ``skip_clips`` are planned (and shots detected) as usual but not
+    produced: their frames are never converted (``stats.clips_skipped`` counts them).
     """
     from collections import deque
 
@@ -391,6 +395,9 @@ def iter_shot_chunks(path: str, probe: VideoProbe, k: int, short_side: int, clip
     def take(spans: list[ClipSpan]) -> None:
         times_list = [c[0] for c in candidates]
         for span in spans:
+            if span.index < skip_clips:
+                stats.clips_skipped += 1
+                continue
             times = snippet_times(span, snippets_for(span, k, clip_s))
             frames = []
             for target in times:

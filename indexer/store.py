@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from indexer import vectors as vec
 from indexer.pathtext import from_stored, to_stored
-from indexer.types import VideoFile, VideoResult, VideoStatus
+from indexer.types import ClipEmbedding, ClipSpan, VideoFile, VideoResult, VideoStatus
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,12 @@ CREATE TABLE IF NOT EXISTS clip_tags (clip_id BIGINT, vocabulary VARCHAR, label 
 CREATE TABLE IF NOT EXISTS shot_tags (shot_id BIGINT, vocabulary VARCHAR, label VARCHAR, score DOUBLE);
 CREATE TABLE IF NOT EXISTS video_tags (video_id BIGINT, vocabulary VARCHAR, label VARCHAR, score DOUBLE);
 CREATE SEQUENCE IF NOT EXISTS shot_ids START 1;
+-- Clips of a video whose indexing has not finished (checkpoint_s): the next run resumes the
+-- file after them. Added without a schema bump: an older vidx ignores these tables.
+CREATE TABLE IF NOT EXISTS partial_videos (
+    path VARCHAR, fingerprint VARCHAR, recipe VARCHAR, saved_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS partial_clips (
+    path VARCHAR, idx INTEGER, start_s DOUBLE, end_s DOUBLE, snippet_times_s DOUBLE[], vector FLOAT[]);
 CREATE TABLE IF NOT EXISTS runs (
     run_id BIGINT, kind VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
     host VARCHAR, pid INTEGER, args VARCHAR, stats VARCHAR);
@@ -145,6 +151,12 @@ class IndexParams:
     clip_s: float
     snippets: int
     sampling: str
+
+    @property
+    def recipe(self) -> str:
+        """Everything that decides a video's clips and vectors: a partial video saved under
+        another recipe cannot be resumed."""
+        return f"{self.model_id}|{self.clip_s:g}|{self.snippets}|{self.sampling}"
 
 
 class FileLock:
@@ -428,7 +440,7 @@ class IndexStore:
         """Drop every video, clip and vector (the model can then change)."""
         with self.transaction():
             for table in ("clip_tags", "shot_tags", "video_tags", "shots", "clip_vectors", "video_vectors",
-                          "clips", "videos", "models"):
+                          "clips", "videos", "models", "partial_clips", "partial_videos"):
                 self.con.execute(f"DELETE FROM {table}")
             self.con.execute("DELETE FROM meta WHERE key = 'model_id'")
         for name in (vec.INDEX_FILE, vec.META_FILE):
@@ -513,6 +525,8 @@ class IndexStore:
             self.con.execute("INSERT INTO video_tags SELECT m.new_id, t.vocabulary, t.label, t.score "
                              "FROM video_tags t JOIN video_map m ON t.video_id = m.src_id")
             ids = [r[0] for r in self.con.execute("SELECT new_id FROM clip_map ORDER BY new_id").fetchall()]
+            for table in ("partial_clips", "partial_videos"):  # a saved part of a file now complete
+                self.con.execute(f"DELETE FROM {table} WHERE path IN (SELECT path FROM video_map)")
             for table in ("video_map", "clip_map", "shot_map"):
                 self.con.execute(f"DROP TABLE {table}")
         return ids
@@ -613,11 +627,82 @@ class IndexStore:
                     "clip_id": ids, "model_id": [params.model_id] * len(ids),
                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])})
                 self._insert_arrow("clip_vectors", vec_table, "", "clip_id, model_id, vector::FLOAT[]")
+            # A finished video's partial clips go in the same transaction. A failed one keeps
+            # them: '--retry-failed' resumes it (a timeout on a busy machine is not the file's fault).
+            finished = [to_stored(r.file.path) for r in results if r.status != VideoStatus.FAILED]
+            if finished:
+                self._drop_partial(finished)
             if after_insert is not None:  # e.g. tagging: in the same transaction as the rows
                 after_insert(self.con, [r["video_id"] for r in video_rows if r["status"] == "indexed"])
         ids = np.concatenate(new_ids) if new_ids else np.zeros(0, np.int64)
         mats = np.concatenate(new_vecs) if new_vecs else None
         return ids, mats, removed
+
+    def _has_table(self, name: str) -> bool:
+        return bool(_one(self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))[0])
+
+    # -- partial videos (checkpoints of videos being indexed) -----------------------------
+    def _drop_partial(self, stored_paths: list[str]) -> None:
+        self.con.execute("DELETE FROM partial_clips WHERE list_contains(?, path)", [stored_paths])
+        self.con.execute("DELETE FROM partial_videos WHERE list_contains(?, path)", [stored_paths])
+
+    def save_partial(self, path: str, fingerprint: str, recipe: str, clips: Sequence[ClipEmbedding]) -> None:
+        """Add ``clips`` (consecutive, embedded) to the saved part of a video being indexed, in
+        one transaction. Clips saved before under another fingerprint or recipe are dropped, and
+        so are saved clips from the first new index on (a restarted video saves them again)."""
+        if not clips:
+            return
+        stored = to_stored(path)
+        with self.transaction():
+            row = _one(self.con.execute("SELECT fingerprint, recipe FROM partial_videos WHERE path = ?", [stored]))
+            if row is not None and tuple(row) != (fingerprint, recipe):
+                self._drop_partial([stored])
+                row = None
+            first = min(c.span.index for c in clips)
+            self.con.execute("DELETE FROM partial_clips WHERE path = ? AND idx >= ?", [stored, first])
+            mat = np.stack([c.vector for c in clips]).astype(np.float32)
+            table = pa.table({
+                "path": [stored] * len(clips), "idx": [c.span.index for c in clips],
+                "start_s": [c.span.start_s for c in clips], "end_s": [c.span.end_s for c in clips],
+                "snippet_times_s": [list(c.snippet_times_s) for c in clips],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])})
+            self._insert_arrow("partial_clips", table, "",
+                               "path, idx, start_s, end_s, snippet_times_s, vector::FLOAT[]")
+            if row is None:
+                self.con.execute("INSERT INTO partial_videos VALUES (?, ?, ?, now())", [stored, fingerprint, recipe])
+            else:
+                self.con.execute("UPDATE partial_videos SET saved_at = now() WHERE path = ?", [stored])
+
+    def load_partial(self, files: Sequence[tuple[str, str]], recipe: str) -> dict[str, tuple[ClipEmbedding, ...]]:
+        """The saved clips of each (path, fingerprint) to index that a run can resume: same
+        fingerprint, same recipe, clips 0..n-1 without a gap (anything after a gap is ignored)."""
+        if not files or not _one(self.con.execute("SELECT count(*) FROM partial_videos"))[0]:
+            return {}
+        wanted = {to_stored(p): fp for p, fp in files}
+        rows = self.con.execute(
+            "SELECT v.path, v.fingerprint, c.idx, c.start_s, c.end_s, c.snippet_times_s, c.vector "
+            "FROM partial_videos v JOIN partial_clips c USING (path) WHERE v.recipe = ? "
+            "ORDER BY v.path, c.idx", [recipe]).fetchall()
+        out: dict[str, list[ClipEmbedding]] = {}
+        for stored, fingerprint, idx, start_s, end_s, times, vector in rows:
+            if wanted.get(stored) != fingerprint:
+                continue
+            clips = out.setdefault(stored, [])
+            if idx != len(clips):
+                continue  # past a gap (or a duplicate): not resumable from here
+            clips.append(ClipEmbedding(ClipSpan(int(idx), float(start_s), float(end_s)),
+                                       np.asarray(vector, np.float32), tuple(float(t) for t in times)))
+        return {from_stored(k): tuple(v) for k, v in out.items() if v}
+
+    def prune_partial(self) -> int:
+        """Drop saved parts of files that no longer exist; returns how many."""
+        gone = [p for (p,) in self.con.execute("SELECT path FROM partial_videos").fetchall()
+                if not os.path.exists(from_stored(p))]
+        if gone:
+            with self.transaction():
+                self._drop_partial(gone)
+        return len(gone)
 
     def _insert_arrow(self, target: str, table: pa.Table, columns: str = "", select: str = "*") -> None:
         with self._registered("_vidx_rows", table):
@@ -731,6 +816,9 @@ class IndexStore:
                    if os.path.isfile(os.path.join(self.index_dir, f)))
         meta = vec.read_meta(self.index_dir) or {}
         holder = WriterLock(self.index_dir).current_holder() if self.read_only else None
+        partial = [dict(path=from_stored(p), clips=int(n)) for p, n in self.con.execute(
+            "SELECT path, count(*) FROM partial_clips GROUP BY path ORDER BY path").fetchall()] \
+            if self._has_table("partial_clips") else []  # an index written by an older vidx has none
         return {
             "index_dir": self.index_dir,
             "writer": holder,  # the process writing the index right now (readers only), else None
@@ -743,6 +831,7 @@ class IndexStore:
             "faiss": {"type": meta.get("type"), "ntotal": meta.get("ntotal"), "ann": meta.get("ann"),
                       "in_sync": bool(meta) and meta.get("checksum") == self.id_checksum().__dict__},
             "failures": failures,
+            "partial": partial,  # videos whose indexing stopped part way; the next run resumes them
             "last_run": None if last_run is None else {
                 "run_id": last_run[0], "kind": last_run[1], "started_at": str(last_run[2]),
                 "finished_at": str(last_run[3]) if last_run[3] else None, "status": last_run[4],

@@ -98,3 +98,4 @@ class VideoResult:
     worker: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     shots: tuple = ()  # indexer.decode.ShotSpan, when shot detection ran
+    clips_resumed: int = 0  # clips of ``clips`` saved by an earlier run that stopped part way

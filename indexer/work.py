@@ -45,17 +45,24 @@ class VideoJob:
     shot_threshold: float = 3.0
     shot_reference_frames_only: bool = True  # skip unreferenced frames (see iter_shot_chunks)
     heartbeat_s: float | None = None  # yield DecodeHeartbeat this often while busy (None: never)
+    # Clips 0..skip_clips-1 were embedded by an earlier run (a saved partial video): they are
+    # planned as before, so every later clip comes out the same, but not converted or sent.
+    skip_clips: int = 0
 
 
 def make_video_jobs(to_index: list[tuple[VideoFile, str]], settings: Settings, short_side: int,
-                    chunk_frames: int) -> list[VideoJob]:
-    """One VideoJob per (file, fingerprint) to index, from the run's Settings."""
+                    chunk_frames: int, resume: dict[str, tuple[ClipEmbedding, ...]] | None = None
+                    ) -> list[VideoJob]:
+    """One VideoJob per (file, fingerprint) to index, from the run's Settings; ``resume``
+    (path -> saved clips, ``IndexStore.load_partial``) makes a job skip the saved clips."""
     shots = settings.shots and settings.sampling == "exact"
+    resume = resume or {}
     return [VideoJob(f, fp, settings.clip_s, settings.snippets, settings.sampling, short_side,
                      settings.decode_timeout_s, chunk_frames, shots=shots, min_shot_s=settings.min_shot_s,
                      shot_threshold=settings.shot_threshold,
                      shot_reference_frames_only=settings.shot_frames == "reference",
-                     heartbeat_s=heartbeat_interval(settings.decode_timeout_s))
+                     heartbeat_s=heartbeat_interval(settings.decode_timeout_s),
+                     skip_clips=len(resume.get(f.path, ())))
             for f, fp in to_index]
 
 
@@ -125,11 +132,13 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHea
             yield DecodeHeartbeat(0.0)  # probed: alive before the decoder opens the file
         timeout = job.timeout_s  # a bound on a stall, not on the whole decode (DecodeWatch)
         if job.shots:
+            # Shots need the whole stream even when clips are skipped: the cuts, and so the
+            # clips after the skipped ones, come out exactly as in an uninterrupted run.
             chunks = iter_shot_chunks(job.file.path, probe, job.snippets, job.short_side, job.clip_s,
                                       job.min_shot_s, timeout, job.chunk_frames, job.decode_threads, stats,
                                       shot_threshold=job.shot_threshold, shots_out=shots,
                                       reference_frames_only=job.shot_reference_frames_only,
-                                      heartbeat_s=job.heartbeat_s)
+                                      heartbeat_s=job.heartbeat_s, skip_clips=job.skip_clips)
         else:
             spans = plan_clips(probe.duration_s, job.clip_s)
             if not spans:
@@ -137,9 +146,11 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHea
                 spans = (ClipSpan(0, 0.0, max(1.0 / max(probe.avg_fps, 1.0), 1e-3)),)
                 notes.append("no duration; indexed as one clip")
             expected_clips = len(spans)
+            stats.clips_skipped = min(job.skip_clips, len(spans))
+            spans = spans[stats.clips_skipped:]  # the keyframe jumps skip their stretch of the file
             chunks = iter_snippet_chunks(job.file.path, probe, spans, job.snippets, job.short_side,
                                          job.sampling, timeout, job.chunk_frames, job.decode_threads, stats,
-                                         clip_s=job.clip_s, heartbeat_s=job.heartbeat_s)
+                                         clip_s=job.clip_s, heartbeat_s=job.heartbeat_s) if spans else iter(())
         for chunk in chunks:
             if isinstance(chunk, DecodeHeartbeat):
                 yield chunk
@@ -147,6 +158,9 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHea
             n_clips += len(chunk.spans)
             yield ChunkHeader(job.file.path, chunk.spans, chunk.times_s, probe)
             yield chunk.frames
+        n_clips += stats.clips_skipped
+        if stats.clips_skipped:
+            notes.append(f"resumed: {stats.clips_skipped} clips saved by an earlier run were kept")
         if stats.packet_errors:
             notes.append(f"{stats.packet_errors} damaged packets skipped")
         if n_clips < expected_clips:
@@ -180,23 +194,61 @@ def embed_chunk(model: LoadedModel, header: ChunkHeader, frames: np.ndarray, bat
 
 @dataclass
 class VideoAssembler:
-    """Collects a video's embedded chunks and its outcome into one VideoResult."""
+    """Collects a video's embedded chunks and its outcome into one VideoResult.
+
+    ``resumed`` holds the clips an earlier run saved (the job skips them). While the video
+    is in flight, ``due_partial`` hands out the newly finished clips to save every
+    ``checkpoint_s``, so that a kill loses at most that much of a long file."""
 
     job: VideoJob
+    resumed: tuple[ClipEmbedding, ...] = ()
     chunks: list[EmbeddedChunk] = field(default_factory=list)
     outcome: DecodeOutcome | None = None
     pending: int = 0  # chunks sent to the model and not back yet
     started: float = field(default_factory=time.monotonic)
+    saved_clips: int = -1  # clips 0..saved_clips-1 are saved (set from ``resumed``)
+    saved_at: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.saved_clips < 0:
+            self.saved_clips = len(self.resumed)
+        if self.saved_at < 0:
+            self.saved_at = self.started
 
     @property
     def complete(self) -> bool:
         return self.outcome is not None and self.pending == 0
 
+    def _embedded(self) -> list[ClipEmbedding]:
+        return [ClipEmbedding(span, chunk.vectors[i], chunk.times_s[i])
+                for chunk in self.chunks for i, span in enumerate(chunk.spans)]
+
+    def due_partial(self, every_s: float, now: float | None = None, force: bool = False
+                    ) -> tuple[ClipEmbedding, ...]:
+        """The clips to add to the video's saved part, when ``every_s`` has passed since the
+        last save (or at once with ``force``, e.g. on Ctrl-C): those right after the saved
+        ones, in order, up to the first one that is not embedded yet (chunks can come back
+        out of order). Empty when nothing is due, when the video is finished (its commit
+        takes over) or when ``every_s`` is 0 (saving is off)."""
+        now = time.monotonic() if now is None else now
+        if every_s <= 0 or self.outcome is not None or (now - self.saved_at < every_s and not force):
+            return ()
+        by_index = {c.span.index: c for c in self._embedded()}
+        new = []
+        while self.saved_clips + len(new) in by_index:
+            new.append(by_index[self.saved_clips + len(new)])
+        if not new:
+            return ()
+        self.saved_clips += len(new)
+        self.saved_at = now
+        return tuple(new)
+
     def result(self) -> VideoResult:
         out = self.outcome
         assert out is not None
-        clips = sorted((ClipEmbedding(span, chunk.vectors[i], chunk.times_s[i])
-                        for chunk in self.chunks for i, span in enumerate(chunk.spans)),
+        embedded = self._embedded()
+        fresh = {c.span.index for c in embedded}
+        clips = sorted([c for c in self.resumed if c.span.index not in fresh] + embedded,
                        key=lambda c: c.span.index)
         status, error = out.status, out.error
         if status == VideoStatus.INDEXED and not clips:
@@ -211,7 +263,8 @@ class VideoAssembler:
             probe=out.probe, clips=tuple(clips) if status == VideoStatus.INDEXED else (),
             video_vector=video_vector, frames_embedded=sum(c.frames for c in self.chunks),
             decode_s=out.decode_s, worker=out.worker, notes=out.notes,
-            shots=out.shots if status == VideoStatus.INDEXED else ())
+            shots=out.shots if status == VideoStatus.INDEXED else (),
+            clips_resumed=sum(c.span.index not in fresh for c in clips) if status == VideoStatus.INDEXED else 0)
 
     def fail(self, reason: str, worker: str = "") -> None:
         self.outcome = DecodeOutcome(self.job.file.path, VideoStatus.FAILED, reason, None, 0, 0,

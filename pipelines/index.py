@@ -69,6 +69,8 @@ class IndexSummary:
     failed: int = 0
     skipped: int = 0
     failed_before: int = 0  # unchanged files that failed in an earlier run (not retried)
+    resumed: int = 0  # videos finished from the clips an interrupted run had saved
+    clips_resumed: int = 0  # clips of those videos not embedded again
     reader_wait_s: float = 0.0  # time the run waited for searches/'vidx status' to close the index
     clips_added: int = 0
     frames_embedded: int = 0
@@ -178,6 +180,7 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
     for f, reason in plan.unreadable:  # reported, not stored (unreadable, or a name DuckDB cannot hold)
         summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
     summary.failed += len(plan.unreadable)
+    store.prune_partial()  # saved parts of files that are gone
 
     if plan.to_index and spec is None:
         # Weights must be there before anything starts: fail in seconds, not after Ray is up.
@@ -326,7 +329,8 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
     import ray
     from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayActorError
 
-    jobs = deque(make_video_jobs(plan.to_index, settings, image_size, _CHUNK_FRAMES))
+    resume = load_resume(store, plan, params)
+    jobs = deque(make_video_jobs(plan.to_index, settings, image_size, _CHUNK_FRAMES, resume))
     progress = Progress(len(jobs), sum(_expected_seconds(f) for f, _ in plan.to_index), enabled=show_progress)
     streams: dict = {}  # generator -> VideoAssembler
     waiting_frames: dict = {}  # generator -> ChunkHeader whose frames are the stream's next item
@@ -396,7 +400,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             while jobs and len(streams) < decode_slots:
                 job = jobs.popleft()
                 gen = decode_fn.remote(job)
-                streams[gen] = VideoAssembler(job)
+                streams[gen] = VideoAssembler(job, resumed=resume.get(job.file.path, ()))
                 heard[gen] = time.monotonic()
                 live.append(streams[gen])
             queue = _ACTOR_QUEUE if model_ready.check() else _ACTOR_QUEUE_LOADING
@@ -442,6 +446,8 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                         continue
                     asm.pending -= 1
                     asm.chunks.append(chunk)
+                    if is_live(asm):
+                        save_due_partial(store, asm, params, settings)
                     continue
                 asm = streams[ref]
                 try:
@@ -504,6 +510,9 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             ray.cancel(gen, force=True)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        if status == "interrupted":
+            for asm in live:  # the embedded clips of videos in flight are kept too
+                save_due_partial(store, asm, params, settings, force=True)
         commit(force_flush=True)
         progress.close()
     return status
@@ -519,6 +528,29 @@ def commit_batch(store: IndexStore, done: list[VideoResult], params: IndexParams
         faiss_index.add_with_ids(mats, ids)
     for r in done:
         _count(summary, r)
+
+
+def load_resume(store: IndexStore, plan: WorkPlan, params: IndexParams) -> dict:
+    """path -> clips saved by an earlier run that stopped part way through the file, for the
+    files this run indexes (same content, same recipe); their jobs skip those clips."""
+    resume = store.load_partial([(f.path, fp) for f, fp in plan.to_index], params.recipe)
+    if resume:
+        log.info("%d videos resume after %d clips saved by an earlier run", len(resume),
+                 sum(len(c) for c in resume.values()))
+    return resume
+
+
+def save_due_partial(store: IndexStore, asm: VideoAssembler, params: IndexParams, settings: Settings,
+                     force: bool = False) -> None:
+    """Save a video's newly finished clips when ``checkpoint_s`` has passed, or now with
+    ``force`` (a run that stops keeps what it embedded); one transaction."""
+    clips = asm.due_partial(settings.checkpoint_s, force=force)
+    if clips:
+        from pipelines.local import interrupts_deferred
+
+        with interrupts_deferred():
+            store.save_partial(asm.job.file.path, asm.job.fingerprint, params.recipe, clips)
+            store.release_connection()
 
 
 def flush_faiss(store: IndexStore, faiss_index, settings: Settings):
@@ -572,6 +604,9 @@ def _count(summary: IndexSummary, r: VideoResult) -> None:
     if r.status == VideoStatus.INDEXED:
         summary.indexed += 1
         summary.clips_added += len(r.clips)
+        if r.clips_resumed:
+            summary.resumed += 1
+            summary.clips_resumed += r.clips_resumed
         summary.frames_embedded += r.frames_embedded
         summary.video_seconds += r.probe.duration_s if r.probe else 0.0
     else:

@@ -203,7 +203,7 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     after this run's deletes/copies (None on a fresh index), and ``summary`` is filled in.
     """
     from pipelines.index import (_CHUNK_FRAMES, _expected_seconds, _raise_interrupt, _short,
-                                 _vocabularies, commit_batch, flush_faiss)
+                                 _vocabularies, commit_batch, flush_faiss, load_resume, save_due_partial)
 
     if spec is None:
         spec = resolve_model(settings.model, settings.pretrained)  # ModelUnavailable: before any work
@@ -217,7 +217,8 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
         if torch.cuda.is_available():
             device = "cuda"
     threads = settings.torch_threads or os.cpu_count() or 1
-    jobs = make_video_jobs(plan.to_index, settings, spec.image_size, _CHUNK_FRAMES)
+    resume = load_resume(store, plan, params)
+    jobs = make_video_jobs(plan.to_index, settings, spec.image_size, _CHUNK_FRAMES, resume)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     progress = None
     status = "ok"
@@ -243,6 +244,7 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     store.release_connection()  # the plan is applied; readers are welcome while videos decode
     model_loaded = False
     feed: _DecodeFeed | None = None
+    asm: VideoAssembler | None = None
     try:
         # The model loads while the first file decodes (the queue fills meanwhile).
         feed = _DecodeFeed(jobs, settings)
@@ -258,12 +260,12 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
         model_loaded = True
         log.info("model %s loaded in-process (%s, %d threads)", spec.model_id, device, threads)
         progress = Progress(len(jobs), sum(_expected_seconds(j.file) for j in jobs), enabled=show_progress)
-        asm: VideoAssembler | None = None
         header: ChunkHeader | None = None
         failed = False  # the current video failed in the model: drop its remaining chunks
         for seq, payload in feed:
             if asm is None or asm.job is not jobs[seq]:
-                asm, header, failed = VideoAssembler(jobs[seq]), None, False
+                asm, header, failed = VideoAssembler(jobs[seq], resumed=resume.get(jobs[seq].file.path, ())), \
+                    None, False
             if isinstance(payload, tuple) and payload and payload[0] == "hung":
                 asm.fail(f"decoding hung (no progress for {payload[1]:.0f} s) and was stopped; the file is "
                          f"probably damaged (raise decode_timeout_s to allow more)")
@@ -282,6 +284,8 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
                     except Exception as exc:
                         asm.fail(f"embedding failed: {_short(exc)}")
                         failed = True
+                    else:
+                        save_due_partial(store, asm, params, settings)
                 header = None
                 continue
             elif isinstance(payload, DecodeOutcome):
@@ -306,6 +310,8 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
         if feed is not None:
             feed.close()
         try:
+            if status == "interrupted" and asm is not None:  # keep the embedded clips of the video in flight
+                save_due_partial(store, asm, params, settings, force=True)
             if model_loaded:
                 commit(force_flush=True)
         finally:

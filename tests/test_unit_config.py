@@ -299,3 +299,11 @@ def test_decode_timeout_must_be_a_positive_number_of_seconds(value):
     with pytest.raises(ConfigError, match="decode_timeout_s must be a number of seconds > 0"):
         load_settings(environ={"VIDX_DECODE_TIMEOUT_S": value})
     assert load_settings(environ={"VIDX_DECODE_TIMEOUT_S": "0.5"}).decode_timeout_s == 0.5
+
+
+@pytest.mark.parametrize("value", ["-1", "inf", "nan"])
+def test_checkpoint_s_is_seconds_or_zero_for_off(value):
+    with pytest.raises(ConfigError, match="checkpoint_s must be a number of seconds >= 0"):
+        load_settings(environ={"VIDX_CHECKPOINT_S": value})
+    assert load_settings(environ={"VIDX_CHECKPOINT_S": "0"}).checkpoint_s == 0.0
+    assert load_settings({"checkpoint_s": 30}, environ={}).checkpoint_s == 30.0

@@ -644,3 +644,76 @@ def test_full_or_read_only_disk_is_described_in_one_line():
     chained.__cause__ = OSError(errno.EROFS, "Read-only file system")
     assert "the file system is read-only" in describe_storage_failure(chained)
     assert describe_storage_failure(ValueError("a bug")) is None
+
+
+# -- partial videos ------------------------------------------------------------------------------
+
+def _clips(rng, indices, dim: int = DIM) -> tuple[ClipEmbedding, ...]:
+    vecs = unit_rows(rng, len(indices), dim)
+    return tuple(ClipEmbedding(ClipSpan(i, 2.0 * i, 2.0 * i + 2.0), v, (2.0 * i + 1.0,))
+                 for i, v in zip(indices, vecs))
+
+
+def test_partial_clips_saved_loaded_and_replaced(store, rng):
+    recipe = PARAMS.recipe
+    first, more = _clips(rng, [0, 1]), _clips(rng, [2, 3])
+    store.save_partial("/v/a.mp4", "fp1", recipe, first)
+    store.save_partial("/v/a.mp4", "fp1", recipe, more)
+    got = store.load_partial([("/v/a.mp4", "fp1"), ("/v/b.mp4", "fpb")], recipe)
+    assert list(got) == ["/v/a.mp4"]
+    assert [c.span for c in got["/v/a.mp4"]] == [c.span for c in first + more]
+    np.testing.assert_allclose(np.stack([c.vector for c in got["/v/a.mp4"]]),
+                               np.stack([c.vector for c in first + more]), atol=1e-7)
+    assert got["/v/a.mp4"][3].snippet_times_s == (7.0,)
+    # Another fingerprint or recipe: nothing to resume.
+    assert store.load_partial([("/v/a.mp4", "fp2")], recipe) == {}
+    assert store.load_partial([("/v/a.mp4", "fp1")], IndexParams(MODEL, 5.0, 3, "exact").recipe) == {}
+    # A restarted video saves from clip 1 again: clips from 1 on are replaced, not doubled.
+    again = _clips(rng, [1, 2])
+    store.save_partial("/v/a.mp4", "fp1", recipe, again)
+    got = store.load_partial([("/v/a.mp4", "fp1")], recipe)["/v/a.mp4"]
+    assert [c.span.index for c in got] == [0, 1, 2]
+    np.testing.assert_allclose(got[1].vector, again[0].vector, atol=1e-7)
+    # Saved under another fingerprint (the file changed): the old clips go.
+    store.save_partial("/v/a.mp4", "fp2", recipe, _clips(rng, [0]))
+    assert [c.span.index for c in store.load_partial([("/v/a.mp4", "fp2")], recipe)["/v/a.mp4"]] == [0]
+    assert store.con.execute("SELECT count(*) FROM partial_clips").fetchone()[0] == 1
+
+
+def test_partial_clips_after_a_gap_are_not_resumed(store, rng):
+    store.save_partial("/v/a.mp4", "fp", PARAMS.recipe, _clips(rng, [0, 1]))
+    store.con.execute("DELETE FROM partial_clips WHERE idx = 0")
+    assert store.load_partial([("/v/a.mp4", "fp")], PARAMS.recipe) == {}
+
+
+def test_partial_clips_dropped_by_commit_unless_failed(store, rng):
+    for path in ("/v/ok.mp4", "/v/bad.mp4"):
+        store.save_partial(path, f"fp-{path}", PARAMS.recipe, _clips(rng, [0, 1]))
+    store.commit_results([result("/v/ok.mp4", 3, rng),
+                          result("/v/bad.mp4", 0, rng, status=VideoStatus.FAILED, error="timeout")], PARAMS, 1)
+    left = store.load_partial([("/v/ok.mp4", "fp-/v/ok.mp4"), ("/v/bad.mp4", "fp-/v/bad.mp4")], PARAMS.recipe)
+    assert list(left) == ["/v/bad.mp4"]  # '--retry-failed' resumes it
+    assert [p["path"] for p in store.status()["partial"]] == ["/v/bad.mp4"]
+
+
+def test_partial_clips_of_missing_files_pruned_and_reset(store, rng, tmp_path):
+    here = tmp_path / "here.mp4"
+    here.write_bytes(b"x")
+    store.save_partial(str(here), "fp", PARAMS.recipe, _clips(rng, [0]))
+    store.save_partial(str(tmp_path / "gone.mp4"), "fp", PARAMS.recipe, _clips(rng, [0]))
+    assert store.prune_partial() == 1
+    assert [p["path"] for p in store.status()["partial"]] == [str(here)]
+    store.reset()
+    assert store.status()["partial"] == []
+
+
+def test_status_of_an_index_without_partial_tables(index_dir, rng):
+    """An index written by a vidx from before partial videos: read-only status still works."""
+    with IndexStore(str(index_dir)) as s:
+        s.register_model(MODEL, "test-model", "random", DIM, 32, 100.0)
+        s.commit_results([result("/v/a.mp4", 2, rng)], PARAMS, 1)
+        s.con.execute("DROP TABLE partial_clips")
+        s.con.execute("DROP TABLE partial_videos")
+    with IndexStore(str(index_dir), read_only=True) as s:
+        st = s.status()
+    assert st["partial"] == [] and st["clips"] == 2

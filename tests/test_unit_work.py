@@ -178,3 +178,68 @@ def test_decode_video_heartbeats_while_a_raw_stream_is_measured(tmp_path, monkey
     assert items[-1].status == VideoStatus.INDEXED, items[-1].error
     first_chunk = next(i for i, x in enumerate(items) if isinstance(x, ChunkHeader))
     assert sum(isinstance(x, DecodeHeartbeat) for x in items[:first_chunk]) >= 5
+
+
+def _chunk(*indices: int) -> EmbeddedChunk:
+    spans = tuple(ClipSpan(i, float(i), i + 1.0) for i in indices)
+    vectors = np.eye(8, dtype=np.float32)[list(indices)]
+    return EmbeddedChunk(spans, tuple((i + 0.5,) for i in indices), vectors, len(indices))
+
+
+def test_assembler_hands_out_finished_clips_in_order_when_due(rgb):
+    asm = VideoAssembler(job_for(rgb), started=100.0)
+    asm.chunks.append(_chunk(2, 3))  # came back before the chunk of clips 0 and 1
+    assert asm.due_partial(5.0, now=200.0) == ()  # nothing from clip 0 on is embedded yet
+    asm.chunks.append(_chunk(0, 1))
+    assert asm.due_partial(5.0, now=104.0) == ()  # not due: 4 s since the start
+    assert asm.due_partial(0.0, now=500.0) == ()  # 0 turns saving off
+    assert [c.span.index for c in asm.due_partial(5.0, now=105.0)] == [0, 1, 2, 3]
+    asm.chunks.append(_chunk(5))
+    assert asm.due_partial(5.0, now=120.0) == ()  # clip 4 is missing
+    asm.chunks.append(_chunk(4))
+    assert asm.due_partial(5.0, now=109.0) == ()  # 4 s since the last save
+    assert [c.span.index for c in asm.due_partial(5.0, now=110.0)] == [4, 5]
+    asm.outcome = DecodeOutcome("x", VideoStatus.INDEXED, None, None, 6, 6, 0.0, "w")
+    asm.chunks.append(_chunk(6))
+    assert asm.due_partial(5.0, now=999.0) == ()  # finished: the commit takes it from here
+
+
+def test_assembler_joins_resumed_clips_with_the_rest(rgb):
+    from indexer.types import ClipEmbedding
+
+    job = dataclasses.replace(job_for(rgb), skip_clips=2)
+    e = np.eye(8, dtype=np.float32)
+    resumed = tuple(ClipEmbedding(ClipSpan(i, float(i), i + 1.0), e[i], (i + 0.5,)) for i in range(2))
+    asm = VideoAssembler(job, resumed=resumed, started=0.0)
+    asm.chunks.append(_chunk(2, 3))
+    assert [c.span.index for c in asm.due_partial(1.0, now=10.0)] == [2, 3]  # after the saved ones
+    asm.outcome = DecodeOutcome(job.file.path, VideoStatus.INDEXED, None, None, 4, 10, 0.1, "w")
+    res = asm.result()
+    assert [c.span.index for c in res.clips] == [0, 1, 2, 3]
+    assert (res.clips_resumed, res.frames_embedded) == (2, 2)
+    np.testing.assert_allclose(res.video_vector, e[:4].sum(0) / 2.0, atol=1e-6)
+
+
+def test_decode_video_skips_saved_clips_and_gives_the_same_rest(rgb):
+    def clips(job):
+        out, header = {}, None
+        for item in decode_video(job):
+            if isinstance(item, ChunkHeader):
+                header = item
+            elif isinstance(item, np.ndarray):
+                per = len(item) // len(header.spans)
+                for i, span in enumerate(header.spans):
+                    out[span] = item[i * per:(i + 1) * per]
+            elif isinstance(item, DecodeOutcome):
+                return out, item
+
+    for shots in (True, False):
+        base = dataclasses.replace(job_for(rgb, chunk_frames=6), shots=shots)
+        full, full_out = clips(base)
+        part, part_out = clips(dataclasses.replace(base, skip_clips=2))
+        assert sorted(s.index for s in full) == list(range(len(full))) and len(full) >= 3
+        assert sorted(part) == sorted(s for s in full if s.index >= 2)
+        for span, frames in part.items():
+            np.testing.assert_array_equal(frames, full[span])
+        assert part_out.n_clips == full_out.n_clips and part_out.shots == full_out.shots
+        assert any("resumed: 2 clips" in n for n in part_out.notes)

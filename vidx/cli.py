@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-timeout-s", type=float, dest="decode_timeout_s",
                    help=f"stop a decode that makes no progress for this long (default {DEFAULTS.decode_timeout_s:g}; "
                         "slow files that keep moving are not stopped)")
+    p.add_argument("--checkpoint-s", type=float, dest="checkpoint_s",
+                   help=f"save a long video's finished clips this often, so a kill loses at most that much "
+                        f"of it (default {DEFAULTS.checkpoint_s:g}; 0: off)")
     p.add_argument("--ray-address", dest="ray_address", help="join a Ray cluster ('auto' or host:port)")
     p.add_argument("--executor", choices=("ray", "local"),
                    help="ray (default) or local: the same stages in this process without Ray (one machine)")
@@ -178,6 +181,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"  {s.clips_added} clips, {s.frames_embedded} frames embedded, "
               f"{s.video_seconds / 3600:.3f} video hours in {_fmt_duration(s.wall_s)} wall "
               f"({s.times_realtime:.1f}x realtime)")
+        if s.resumed:
+            print(f"  {s.resumed} video(s) resumed where an interrupted run stopped: {s.clips_resumed} saved clips "
+                  f"were not embedded again")
         if s.reader_wait_s >= 1.0:
             print(f"  waited {s.reader_wait_s:.1f} s in all for searches / 'vidx status' to let go of the index")
         _print_failures(s.failures)
@@ -185,7 +191,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"  {s.failed_before} unchanged file(s) failed in an earlier run and were not tried again "
                   f"('vidx status' lists why; --retry-failed tries them again)")
         if s.status == "interrupted":
-            print("  interrupted: finished videos are saved; run the same command again to continue")
+            print("  interrupted: finished videos are saved, and the finished clips of long ones; run the same "
+                  "command again to continue")
     rc = EXIT_INTERRUPTED if summary.status == "interrupted" else EXIT_OK
     if settings.executor == "local":  # a decode thread left behind by a hung file must not abort the exit
         from pipelines.local import exit_without_finalizing_if_decoders_alive
@@ -316,6 +323,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  last run   #{r['run_id']} {r['kind']} {r['status']} at {started}")
     elif writer:
         print(f"  writer     {writer}")
+    if status["partial"]:
+        if writer:
+            print(f"  partial    {len(status['partial'])} video(s) being indexed, with their finished clips saved:")
+        else:
+            print(f"  partial    {len(status['partial'])} video(s) stopped part way with their finished clips saved; "
+                  f"the next 'vidx index' of them goes on from there:")
+        for p in status["partial"]:
+            print(f"    {display_path(p['path'])}  ({p['clips']} clips saved)")
     _print_failures(status["failures"])
     return EXIT_OK
 
