@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 
+from indexer.pathtext import display_path, spellings
 from indexer.types import VideoFile
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,28 @@ def is_candidate(name: str, include_hidden: bool) -> bool:
     if not include_hidden and name.startswith("."):
         return False
     return os.path.splitext(name)[1].lower() not in _NOT_MEDIA_EXTENSIONS
+
+
+def resolve_root(path: str) -> str:
+    """``path`` (a file or folder named on the command line) made absolute, spelled as on disk.
+
+    When it does not exist as typed, the other spellings of the same name are tried (see
+    ``pathtext.spellings``): the ``\\xNN`` form vidx prints for bytes that are not UTF-8,
+    pasted back from its output, and the other Unicode normalization (a name written on macOS
+    is often decomposed, a keyboard types it composed). Raises FileNotFoundError naming the path.
+    """
+    typed = os.path.abspath(os.path.expanduser(path))
+    for candidate in spellings(typed):
+        if os.path.lexists(candidate):
+            if candidate != typed:
+                log.info("%s is not on disk as typed; indexing it as %s", display_path(typed),
+                         display_path(candidate))
+            return candidate
+    try:
+        os.stat(typed)
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: {exc.strerror}; check the path") from None
+    return typed
 
 
 def discover_files(roots: Iterable[str], include_hidden: bool = False) -> Iterator[VideoFile]:

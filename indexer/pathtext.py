@@ -67,8 +67,9 @@ _DISPLAY_ESCAPE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
 
 
 def spellings(path: str) -> list[str]:
-    """``path`` and the other ways a person may have typed the same file name, for lookups of a
-    file or folder named on the command line (never for discovery, which reads the disk):
+    """``path`` and the other ways a person may have typed the same file name, for a file or
+    folder named on the command line (lookups, and the roots of ``vidx index``; never while
+    walking folders, which reads names from the disk):
 
     * the ``\\xNN`` form vidx prints for a byte that is not UTF-8, pasted back from its output;
     * the other Unicode normalization: names written on macOS are often decomposed (NFD, "e" +

@@ -29,7 +29,7 @@ import numpy as np
 from indexer import ann
 from indexer import vectors as vec
 from indexer.config import Settings
-from indexer.discover import discover_files
+from indexer.discover import discover_files, resolve_root
 from indexer.incremental import WorkPlan, plan_work
 from indexer.model import LoadedModel, ModelSpec, ModelUnavailable, resolve_model, warn_if_random
 from indexer.store import IndexParams, IndexStore
@@ -132,7 +132,7 @@ def index_paths(paths: list[str], settings: Settings, retry_failed: bool = False
     """Index ``paths`` into ``settings.index_dir``; the library entry point behind ``vidx index``."""
     t_start = time.monotonic()
     summary = IndexSummary(index_dir=settings.index_dir)
-    roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+    roots = [resolve_root(p) for p in paths]  # as on disk, also when typed in another spelling
     files = list(discover_files(roots, include_hidden=settings.include_hidden))
     summary.discovered = len(files)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.discover import discover_files, fingerprint_file, is_candidate
+from indexer.discover import discover_files, fingerprint_file, is_candidate, resolve_root
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -153,6 +153,29 @@ def test_nonexistent_root_raises_naming_path(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         list(discover_files([missing]))
     assert missing in str(err.value)
+
+
+def test_root_typed_in_another_spelling_resolves_to_the_name_on_disk(tmp_path):
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")  # as macOS writes it
+    folder = tmp_path / nfd
+    touch(folder / "a.mp4")
+    typed = str(tmp_path / unicodedata.normalize("NFC", "café"))  # as a keyboard types it
+    assert typed != str(folder)
+    assert resolve_root(typed) == str(folder)
+    assert [f.path for f in discover_files([resolve_root(typed)])] == [str(folder / "a.mp4")]
+
+    latin1 = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.mp4")  # a Latin-1 byte, not UTF-8
+    touch(Path(latin1))
+    pasted = str(tmp_path) + "/caf\\xe9.mp4"  # the form vidx prints, pasted back
+    assert resolve_root(pasted) == latin1
+    assert resolve_root(str(folder)) == str(folder)  # as on disk: unchanged
+
+
+def test_resolve_root_of_a_missing_path_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        resolve_root(str(tmp_path / "nope.mp4"))
 
 
 def test_empty_folder(tmp_path):
