@@ -228,10 +228,11 @@ class VideoAssembler:
         """The clips to add to the video's saved part, when ``every_s`` has passed since the
         last save (or at once with ``force``, e.g. on Ctrl-C): those right after the saved
         ones, in order, up to the first one that is not embedded yet (chunks can come back
-        out of order). Empty when nothing is due, when the video is finished (its commit
-        takes over) or when ``every_s`` is 0 (saving is off)."""
+        out of order). Empty when nothing is due, when the video is complete (its commit
+        takes over) or when ``every_s`` is 0 (saving is off). A video whose decode has ended
+        while the model still works on its chunks is not complete yet."""
         now = time.monotonic() if now is None else now
-        if every_s <= 0 or self.outcome is not None or (now - self.saved_at < every_s and not force):
+        if every_s <= 0 or self.complete or (now - self.saved_at < every_s and not force):
             return ()
         by_index = {c.span.index: c for c in self._embedded()}
         new = []

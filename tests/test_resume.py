@@ -218,3 +218,32 @@ def test_kill_9_mid_video_then_the_same_command_resumes_it(video_dir, tmp_path, 
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # every instant in exactly one clip
     assert_index_consistent(db)
     assert query(db, "SELECT count(*) FROM partial_clips")[0][0] == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_ray_keeps_the_embedded_clips_of_videos_in_flight(monkeypatch, long_video, tiny_settings,
+                                                                       tmp_path, ray_tmp):
+    import pipelines.index as index_module
+    from pipelines.index import index_paths
+
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))  # embedded Ray in this process
+    monkeypatch.setattr(index_module, "_CHUNK_FRAMES", 6)
+    real, calls = index_module.save_due_partial, [0]
+
+    def interrupt_at_fourth_chunk(store, asm, params, settings, force=False):
+        if not force:
+            calls[0] += 1
+            if calls[0] == 4:  # the driver has 4 embedded chunks of the video: Ctrl-C now
+                raise KeyboardInterrupt
+        return real(store, asm, params, settings, force=force)
+
+    settings = _settings(tiny_settings, tmp_path / "idx", checkpoint_s=3600.0)  # no save would be due yet
+    with monkeypatch.context() as m:
+        m.setattr(index_module, "save_due_partial", interrupt_at_fourth_chunk)
+        stopped = index_paths([str(long_video)], settings, show_progress=False)
+    assert (stopped.status, stopped.indexed) == ("interrupted", 0)
+    saved = [r[0] for r in query(tmp_path / "idx", "SELECT idx FROM partial_clips ORDER BY idx")]
+    assert saved == list(range(len(saved))) and len(saved) >= 8  # at least the 4 chunks of 2 clips
+    again = index_paths([str(long_video)], settings, show_progress=False)
+    assert (again.status, again.indexed, again.resumed, again.clips_resumed) == ("ok", 1, 1, len(saved))
+    assert_index_consistent(tmp_path / "idx")

@@ -199,9 +199,13 @@ def test_assembler_hands_out_finished_clips_in_order_when_due(rgb):
     asm.chunks.append(_chunk(4))
     assert asm.due_partial(5.0, now=109.0) == ()  # 4 s since the last save
     assert [c.span.index for c in asm.due_partial(5.0, now=110.0)] == [4, 5]
-    asm.outcome = DecodeOutcome("x", VideoStatus.INDEXED, None, None, 6, 6, 0.0, "w")
+    asm.outcome = DecodeOutcome("x", VideoStatus.INDEXED, None, None, 8, 8, 0.0, "w")
+    asm.pending = 1  # decoded to the end, the model still at work: a kill would lose clip 6
     asm.chunks.append(_chunk(6))
-    assert asm.due_partial(5.0, now=999.0) == ()  # finished: the commit takes it from here
+    assert [c.span.index for c in asm.due_partial(5.0, now=200.0)] == [6]
+    asm.pending = 0
+    asm.chunks.append(_chunk(7))
+    assert asm.due_partial(5.0, now=999.0, force=True) == ()  # complete: the commit takes it from here
 
 
 def test_assembler_joins_resumed_clips_with_the_rest(rgb):
