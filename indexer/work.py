@@ -210,6 +210,7 @@ class VideoAssembler:
     saved_at: float = -1.0
 
     def __post_init__(self) -> None:
+        self._saved: list[ClipEmbedding] = list(self.resumed)
         if self.saved_clips < 0:
             self.saved_clips = len(self.resumed)
         if self.saved_at < 0:
@@ -242,7 +243,13 @@ class VideoAssembler:
             return ()
         self.saved_clips += len(new)
         self.saved_at = now
+        self._saved.extend(new)
         return tuple(new)
+
+    def saved_part(self) -> tuple[ClipEmbedding, ...]:
+        """Every clip of the video saved so far (resumed, then handed out by ``due_partial``):
+        what a fresh start of the file can skip."""
+        return tuple(self._saved)
 
     def result(self) -> VideoResult:
         out = self.outcome

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -367,7 +367,9 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
             ray.cancel(gen, force=True)
             drop_stream(gen)
         live[:] = [a for a in live if a is not asm]  # its chunks still in flight are ignored
-        jobs.appendleft(asm.job)
+        saved = asm.saved_part()  # the fresh start skips what is saved by now, not only what was at first
+        resume[path] = saved
+        jobs.appendleft(replace(asm.job, skip_clips=len(saved)))
         log.warning("%s: work lost with a Ray worker or node (%s); starting the file again", path, _short(exc))
         return True
 

@@ -217,6 +217,7 @@ def test_assembler_joins_resumed_clips_with_the_rest(rgb):
     asm = VideoAssembler(job, resumed=resumed, started=0.0)
     asm.chunks.append(_chunk(2, 3))
     assert [c.span.index for c in asm.due_partial(1.0, now=10.0)] == [2, 3]  # after the saved ones
+    assert [c.span.index for c in asm.saved_part()] == [0, 1, 2, 3]  # what a fresh start may skip
     asm.outcome = DecodeOutcome(job.file.path, VideoStatus.INDEXED, None, None, 4, 10, 0.1, "w")
     res = asm.result()
     assert [c.span.index for c in res.clips] == [0, 1, 2, 3]
