@@ -695,10 +695,16 @@ class IndexStore:
                                        np.asarray(vector, np.float32), tuple(float(t) for t in times)))
         return {from_stored(k): tuple(v) for k, v in out.items() if v}
 
-    def prune_partial(self) -> int:
-        """Drop saved parts of files that no longer exist; returns how many."""
+    def prune_partial(self, roots: Sequence[str], present: set[str]) -> int:
+        """Drop the saved parts of files under ``roots`` (the folders and files a run was
+        given) that are not in ``present`` (what it discovered there): they were deleted or
+        moved. Files elsewhere (another archive, a drive not mounted now) keep theirs, as
+        their stored videos do. Returns how many were dropped."""
+        def under_roots(path: str) -> bool:
+            return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
         gone = [p for (p,) in self.con.execute("SELECT path FROM partial_videos").fetchall()
-                if not os.path.exists(from_stored(p))]
+                if under_roots(from_stored(p)) and from_stored(p) not in present]
         if gone:
             with self.transaction():
                 self._drop_partial(gone)

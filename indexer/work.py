@@ -206,14 +206,11 @@ class VideoAssembler:
     outcome: DecodeOutcome | None = None
     pending: int = 0  # chunks sent to the model and not back yet
     started: float = field(default_factory=time.monotonic)
-    saved_clips: int = -1  # clips 0..saved_clips-1 are saved (set from ``resumed``)
-    saved_at: float = -1.0
+    saved_at: float | None = None  # when clips were last handed out to save (None: the start)
 
     def __post_init__(self) -> None:
-        self._saved: list[ClipEmbedding] = list(self.resumed)
-        if self.saved_clips < 0:
-            self.saved_clips = len(self.resumed)
-        if self.saved_at < 0:
+        self._saved: list[ClipEmbedding] = list(self.resumed)  # clips 0..n-1, saved
+        if self.saved_at is None:
             self.saved_at = self.started
 
     @property
@@ -237,11 +234,10 @@ class VideoAssembler:
             return ()
         by_index = {c.span.index: c for c in self._embedded()}
         new = []
-        while self.saved_clips + len(new) in by_index:
-            new.append(by_index[self.saved_clips + len(new)])
+        while len(self._saved) + len(new) in by_index:
+            new.append(by_index[len(self._saved) + len(new)])
         if not new:
             return ()
-        self.saved_clips += len(new)
         self.saved_at = now
         self._saved.extend(new)
         return tuple(new)

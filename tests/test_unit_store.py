@@ -697,12 +697,13 @@ def test_partial_clips_dropped_by_commit_unless_failed(store, rng):
 
 
 def test_partial_clips_of_missing_files_pruned_and_reset(store, rng, tmp_path):
-    here = tmp_path / "here.mp4"
-    here.write_bytes(b"x")
-    store.save_partial(str(here), "fp", PARAMS.recipe, _clips(rng, [0]))
-    store.save_partial(str(tmp_path / "gone.mp4"), "fp", PARAMS.recipe, _clips(rng, [0]))
-    assert store.prune_partial() == 1
-    assert [p["path"] for p in store.status()["partial"]] == [str(here)]
+    root = tmp_path / "archive"
+    here, elsewhere = str(root / "here.mp4"), str(tmp_path / "other" / "x.mp4")
+    for path in (here, str(root / "gone.mp4"), elsewhere):
+        store.save_partial(path, "fp", PARAMS.recipe, _clips(rng, [0]))
+    # Under the run's root and not discovered: gone. Outside the root: kept (not looked at).
+    assert store.prune_partial([str(root)], {here}) == 1
+    assert [p["path"] for p in store.status()["partial"]] == [here, elsewhere]
     store.reset()
     assert store.status()["partial"] == []
 
