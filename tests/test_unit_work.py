@@ -248,3 +248,15 @@ def test_decode_video_skips_saved_clips_and_gives_the_same_rest(rgb):
             np.testing.assert_array_equal(frames, full[span])
         assert part_out.n_clips == full_out.n_clips and part_out.shots == full_out.shots
         assert any("resumed: 2 clips" in n for n in part_out.notes)
+
+
+def test_decode_video_without_shots_jumps_over_saved_clips(tmp_path):
+    """On the fixed grid the saved stretch is not decoded at all (keyframe jumps); shot
+    detection, by contrast, must see it to find the same cuts."""
+    video = make_video(tmp_path / "kf.mp4", "testsrc2=size=160x120:rate=25", duration_s=10.0,
+                       extra=["-g", "25"])  # a keyframe every second
+    base = dataclasses.replace(job_for(video), shots=False)
+    full = [i for i in decode_video(base) if isinstance(i, DecodeOutcome)][0]
+    part = [i for i in decode_video(dataclasses.replace(base, skip_clips=3)) if isinstance(i, DecodeOutcome)][0]
+    assert full.n_clips == part.n_clips == 5
+    assert part.frames_decoded < 0.6 * full.frames_decoded
