@@ -11,11 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +75,16 @@ def _crash_after(monkeypatch, n_chunks: int, exc: type[BaseException] = _Crash) 
     return calls
 
 
+def _run_dying_after(monkeypatch, n_chunks: int, paths: list, settings) -> None:
+    """Index ``paths`` in a run that dies (like a kill) when its model gets chunk n_chunks + 1."""
+    from pipelines.index import index_paths
+
+    with monkeypatch.context() as m:
+        _crash_after(m, n_chunks)
+        with pytest.raises(_Crash):
+            index_paths([str(p) for p in paths], settings, show_progress=False)
+
+
 @pytest.mark.parametrize("shots", [True, False], ids=["shots", "no-shots"])
 def test_resumed_video_equals_an_uninterrupted_run(local_executor, monkeypatch, long_video, tiny_settings,
                                                    tmp_path, shots):
@@ -91,10 +97,7 @@ def test_resumed_video_equals_an_uninterrupted_run(local_executor, monkeypatch, 
     assert n_clips >= 12
 
     settings = _settings(tiny_settings, resumed_dir, shots=shots, checkpoint_s=1e-6)  # save after every chunk
-    with monkeypatch.context() as m:
-        _crash_after(m, 5)
-        with pytest.raises(_Crash):
-            index_paths([str(long_video)], settings, show_progress=False)
+    _run_dying_after(monkeypatch, 5, [long_video], settings)
     saved = query(resumed_dir, "SELECT idx FROM partial_clips ORDER BY idx")
     assert [r[0] for r in saved] == list(range(10))  # 5 chunks of 2 clips, saved in order
     assert query(resumed_dir, "SELECT count(*) FROM videos")[0][0] == 0  # the video itself is not in yet
@@ -136,10 +139,7 @@ def test_saved_part_is_dropped_when_the_file_changes(local_executor, monkeypatch
     from pipelines.index import index_paths
 
     settings = _settings(tiny_settings, tmp_path / "idx", checkpoint_s=1e-6)
-    with monkeypatch.context() as m:
-        _crash_after(m, 3)
-        with pytest.raises(_Crash):
-            index_paths([str(long_video)], settings, show_progress=False)
+    _run_dying_after(monkeypatch, 3, [long_video], settings)
     assert query(tmp_path / "idx", "SELECT count(*) FROM partial_clips")[0][0] == 6
     make_color_video(long_video, COLOURS[::-1], seconds_each=2.5)  # other content, same name
     again = index_paths([str(long_video)], settings, show_progress=False)
@@ -152,10 +152,7 @@ def test_saved_part_of_a_deleted_file_is_dropped(local_executor, monkeypatch, lo
     from pipelines.index import index_paths
 
     settings = _settings(tiny_settings, tmp_path / "idx", checkpoint_s=1e-6)
-    with monkeypatch.context() as m:
-        _crash_after(m, 2)
-        with pytest.raises(_Crash):
-            index_paths([str(long_video)], settings, show_progress=False)
+    _run_dying_after(monkeypatch, 2, [long_video], settings)
     assert query(tmp_path / "idx", "SELECT count(*) FROM partial_videos")[0][0] == 1
     long_video.unlink()
     make_video(video_dir / "other.mp4", duration_s=2.0)
@@ -169,10 +166,7 @@ def test_checkpoints_off(local_executor, monkeypatch, long_video, tiny_settings,
     from pipelines.index import index_paths
 
     settings = _settings(tiny_settings, tmp_path / "idx", checkpoint_s=0.0)
-    with monkeypatch.context() as m:
-        _crash_after(m, 5)
-        with pytest.raises(_Crash):
-            index_paths([str(long_video)], settings, show_progress=False)
+    _run_dying_after(monkeypatch, 5, [long_video], settings)
     assert query(tmp_path / "idx", "SELECT count(*) FROM partial_clips")[0][0] == 0
     again = index_paths([str(long_video)], settings, show_progress=False)
     assert (again.indexed, again.resumed) == (1, 0)
