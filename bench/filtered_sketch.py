@@ -4,7 +4,8 @@ Usage (after ``bench/search_latency.py --workdir DIR`` has written its archive t
 
     .venv/bin/python bench/filtered_sketch.py --workdir /tmp/sb [--json-out bench/out/filtered_sketch.json]
 
-1. **Breakdown** of ``indexer.vectors._search_ivf_filtered`` for the benchmark's 1,000 queries,
+1. **Breakdown** of ``indexer.vectors._search_ivf_filtered`` (``--k`` results, by default the
+   160 that ``bench/search_latency.py`` and the Searcher fetch) for the benchmark's 1,000 queries,
    each with its 1% folder filter, single query at a time as the Searcher runs them: building
    the id selector, the allowed ids' lists, the coarse search over candidate lists, choosing
    the budget, and FAISS's scan of the chosen lists (the walk with the selector, and scoring).
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--rerank", type=int, nargs="+", default=[100, 200, 400, 800])
+    ap.add_argument("--k", type=int, default=160,
+                    help="results per query in the breakdown (160: what the Searcher fetches for k=10)")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args(argv)
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                   for f in np.unique(folders)}
     res = {"ntotal": int(index.ntotal), "queries": len(queries),
            "allowed_mean": float(np.mean([len(a) for a in allowed_of.values()])),
-           "breakdown_ms": breakdown(index, queries, folders, allowed_of, 10),
+           "k": args.k, "breakdown_ms": breakdown(index, queries, folders, allowed_of, args.k),
            "sketch": sketches(index, queries, folders, allowed_of, truth, args.rerank, 10),
            "cpu_count": os.cpu_count(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     print(json.dumps(res, indent=2))
