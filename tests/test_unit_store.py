@@ -718,3 +718,14 @@ def test_status_of_an_index_without_partial_tables(index_dir, rng):
     with IndexStore(str(index_dir), read_only=True) as s:
         st = s.status()
     assert st["partial"] == [] and st["clips"] == 2
+
+
+def test_partial_clips_of_a_name_that_is_not_utf8(store, rng, tmp_path):
+    import os
+
+    path = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.mp4")  # a Latin-1 byte
+    store.save_partial(path, "fp", PARAMS.recipe, _clips(rng, [0, 1]))
+    assert [c.span.index for c in store.load_partial([(path, "fp")], PARAMS.recipe)[path]] == [0, 1]
+    assert [p["path"] for p in store.status()["partial"]] == [path]
+    assert store.prune_partial([str(tmp_path)], {path}) == 0  # still there: kept
+    assert store.prune_partial([str(tmp_path)], set()) == 1
