@@ -6,6 +6,8 @@
   and off.
 * Through the CLI with Ray: ``kill -9`` of the whole process group once clips are saved, then
   the same command again.
+* Ctrl-C (local executor and Ray) saves the embedded clips of the video in flight at once;
+  a changed or deleted file's saved part is not used; ``checkpoint_s = 0`` saves nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ COLOURS = ["red", "green", "blue", "yellow", "white", "black", "cyan", "magenta"
 
 
 class _Crash(BaseException):
-    """Stands for the process dying: nothing of the run's own clean-up may rely on it."""
+    """The run dying part way: no handler of the run catches it, so only what was saved before
+    is kept (the real ``kill -9``, which runs no clean-up at all, is the CLI test below)."""
 
 
 @pytest.fixture
