@@ -52,10 +52,10 @@ def resolve_root(path: str) -> str:
                          display_path(candidate))
             return candidate
     try:
-        os.stat(typed)
+        os.stat(typed)  # for the system's reason (no such file, permission denied)
     except OSError as exc:
         raise FileNotFoundError(f"{path}: {exc.strerror}; check the path") from None
-    return typed
+    return typed  # appeared meanwhile
 
 
 def discover_files(roots: Iterable[str], include_hidden: bool = False) -> Iterator[VideoFile]:

@@ -695,16 +695,20 @@ class IndexStore:
                                        np.asarray(vector, np.float32), tuple(float(t) for t in times)))
         return {from_stored(k): tuple(v) for k, v in out.items() if v}
 
-    def prune_partial(self, roots: Sequence[str], present: set[str]) -> int:
+    def prune_partial(self, roots: Sequence[str], present: Iterable[str]) -> int:
         """Drop the saved parts of files under ``roots`` (the folders and files a run was
-        given) that are not in ``present`` (what it discovered there): they were deleted or
-        moved. Files elsewhere (another archive, a drive not mounted now) keep theirs, as
+        given) that are not in ``present`` (the paths it discovered there): they were deleted
+        or moved. Files elsewhere (another archive, a drive not mounted now) keep theirs, as
         their stored videos do. Returns how many were dropped."""
+        saved = [from_stored(p) for (p,) in self.con.execute("SELECT path FROM partial_videos").fetchall()]
+        if not saved:
+            return 0  # the usual case: no set of every discovered path is built
+
         def under_roots(path: str) -> bool:
             return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
-        gone = [p for (p,) in self.con.execute("SELECT path FROM partial_videos").fetchall()
-                if under_roots(from_stored(p)) and from_stored(p) not in present]
+        present = set(present)
+        gone = [to_stored(p) for p in saved if under_roots(p) and p not in present]
         if gone:
             with self.transaction():
                 self._drop_partial(gone)

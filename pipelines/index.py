@@ -180,7 +180,7 @@ def _run(store: IndexStore, files, roots, settings: Settings, summary: IndexSumm
     for f, reason in plan.unreadable:  # reported, not stored (unreadable, or a name DuckDB cannot hold)
         summary.failures.append({"path": f.path, "status": "failed", "reason": reason})
     summary.failed += len(plan.unreadable)
-    store.prune_partial(roots, {f.path for f in files})  # saved parts of files deleted or moved
+    store.prune_partial(roots, (f.path for f in files))  # saved parts of files deleted or moved
 
     if plan.to_index and spec is None:
         # Weights must be there before anything starts: fail in seconds, not after Ray is up.

@@ -13,6 +13,7 @@ cap keeps one long video from filling the list.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import os
 import unicodedata
@@ -115,8 +116,6 @@ class _Catalog:
 
     def position_of_path(self, path: str) -> int | None:
         """Position of the video stored at exactly ``path``, if any."""
-        import bisect
-
         paths, order = self._sorted_paths()
         i = bisect.bisect_left(paths, path)
         return int(order[i]) if i < len(paths) and paths[i] == path else None
@@ -130,8 +129,6 @@ class _Catalog:
     def videos_under(self, folder: str) -> np.ndarray:
         """Positions of the videos at ``folder`` (a file) or below it (a folder): one range of
         the sorted paths, found by bisection instead of testing every path."""
-        import bisect
-
         paths, order = self._sorted_paths()
         below = folder if folder.endswith(os.sep) else folder + os.sep
         lo = bisect.bisect_left(paths, below)
