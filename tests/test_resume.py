@@ -186,8 +186,10 @@ def _saved_clips(db: Path) -> int:
 def test_kill_9_mid_video_then_the_same_command_resumes_it(video_dir, tmp_path, ray_tmp):
     from test_cli_support import popen_vidx, run_vidx, wait_for
 
-    duration_s = 1200
-    make_video(video_dir / "long.mp4", "testsrc2=size=160x120:rate=10", duration_s=duration_s)
+    # Two hours at 2 fps: cheap to make and decode, but 1,440 clips keep the model busy for
+    # seconds after it loads (the decoder runs ahead meanwhile), so the kill lands mid-video.
+    duration_s = 7200
+    make_video(video_dir / "long.mp4", "testsrc2=size=160x120:rate=2", duration_s=duration_s)
     db = tmp_path / "db"
     env = cli_env(ray_tmp)
     args = index_args([video_dir], db, "--checkpoint-s", "0.3")
