@@ -179,7 +179,7 @@ def build(store, kind: str | None = None, settings=None, previous_kind: str | No
     if kind == KIND_FLAT:
         index = vec.new_flat_index(dim)
         for ids, mat in store.scan_vectors():
-            index.add_with_ids(mat, ids)
+            vec.add_vectors(index, mat, ids)
         info = {"kind": KIND_FLAT, "metric": "inner_product", "trained_n": int(index.ntotal)}
     else:
         index, info = _build_ivf(store, dim, n, s)
@@ -285,7 +285,7 @@ def _build_ivf(store, dim: int, n: int, s: AnnSettings):
     truth = _TopK(queries, TUNE_K)
     truth_f = [_TopK(queries[group == g], TUNE_K) for g in range(len(subsets))]
     for ids, mat in store.scan_vectors():
-        index.add_with_ids(mat, ids)
+        vec.add_vectors(index, mat, ids)
         truth.update(ids, mat)
         for sub, top in zip(subsets, truth_f):
             keep = np.isin(ids, sub)
@@ -434,16 +434,16 @@ def repair(store, index):
     missing = np.setdiff1d(want, have)
     extra = np.setdiff1d(have, want)
     if len(missing) > max(10_000, len(want) // 4) or len(have) != len(np.unique(have)):
-        index.reset()
+        vec.clear_vectors(index)
         for ids, mat in store.scan_vectors():
-            index.add_with_ids(mat, ids)
+            vec.add_vectors(index, mat, ids)
         log.info("FAISS index refilled from DuckDB (%d vectors)", index.ntotal)
     else:
         if len(extra):
-            index.remove_ids(extra)
+            vec.remove_vectors(index, extra)
         if len(missing):
             found, mat = store.fetch_vectors(missing)
-            index.add_with_ids(mat, found)
+            vec.add_vectors(index, mat, found)
         log.info("FAISS index repaired from DuckDB: %d added, %d removed", len(missing), len(extra))
     if vec.IdChecksum.of(vec.ids_of(index)) != store.id_checksum():
         return None

@@ -238,7 +238,7 @@ def _model_may_differ(index_model: str, settings: Settings) -> bool:
 
 def _remove_ids(index, ids):
     if index is not None and len(ids):
-        index.remove_ids(np.asarray(ids, dtype=np.int64))
+        vec.remove_vectors(index, ids)
     return index
 
 
@@ -251,7 +251,7 @@ def _add_ids_from_store(store: IndexStore, index, id_arrays: list[np.ndarray]):
     for ids, mat in store.load_vectors():
         mask = np.isin(ids, wanted)
         if mask.any():
-            index.add_with_ids(mat[mask], ids[mask])
+            vec.add_vectors(index, mat[mask], ids[mask])
     return index
 
 
@@ -525,9 +525,9 @@ def commit_batch(store: IndexStore, done: list[VideoResult], params: IndexParams
     """Finished videos -> one DuckDB transaction (rows, vectors, tags); then the same change to FAISS."""
     ids, mats, removed = store.commit_results(done, params, summary.run_id, after_insert=_tagger(bank))
     if len(removed):
-        faiss_index.remove_ids(np.asarray(removed, np.int64))
+        vec.remove_vectors(faiss_index, removed)
     if len(ids):
-        faiss_index.add_with_ids(mats, ids)
+        vec.add_vectors(faiss_index, mats, ids)
     for r in done:
         _count(summary, r)
 
