@@ -19,6 +19,7 @@ Two kinds of index (chosen by archive size in ``indexer.ann``):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import weakref
@@ -238,6 +239,25 @@ def clear_vectors(index: faiss.Index) -> None:
     index.reset()
 
 
+def _codescan():
+    """``indexer.codescan``, imported on the first filtered search of an IVF index (numba costs
+    ~0.3 s and ~120 MB); None, with one warning, where numba cannot be imported."""
+    global _CODESCAN_MISSING
+    if _CODESCAN_MISSING:
+        return None
+    try:
+        from indexer import codescan
+    except ImportError as exc:
+        _CODESCAN_MISSING = True
+        logging.getLogger(__name__).warning(
+            "filtered search falls back to FAISS's slower list walk: %s (fix: pip install 'numba>=0.61')", exc)
+        return None
+    return codescan
+
+
+_CODESCAN_MISSING = False
+
+
 def _list_map(index, ivf) -> _ListMap | None:
     cached = _LIST_MAPS.get(index)
     if cached is not None and cached.ntotal == index.ntotal:
@@ -261,10 +281,9 @@ def _list_map(index, ivf) -> _ListMap | None:
         dense = np.full(top + 1, -1, list_type)
         dense[ids] = lists
         sorted_ids = sorted_lists = None
-        from indexer import codescan  # numba: imported only by a filtered search on an IVF index
-
         ivf_index = faiss.downcast_index(index)
-        if codescan.readable(ivf_index):
+        codescan = _codescan()
+        if codescan is not None and codescan.readable(ivf_index):
             offsets = np.zeros(top + 1, np.int32)
             offsets[ids] = np.concatenate([np.arange(len(p), dtype=np.int32) for p in id_parts])
             reader = codescan.Sq8Reader(ivf_index)

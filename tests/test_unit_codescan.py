@@ -146,3 +146,27 @@ def test_every_change_to_a_faiss_index_goes_through_the_helpers():
                 if pattern.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{no}: {line.strip()}")
     assert not offenders, "use vectors.add_vectors / remove_vectors / clear_vectors:\n" + "\n".join(offenders)
+
+
+def test_without_numba_the_walk_answers(monkeypatch, caplog):
+    import builtins
+
+    index, x, ids, rng = _ivf(n=4_000)
+    allowed = np.sort(rng.choice(ids, 200, replace=False))
+    queries = _unit(rng, 4, x.shape[1])
+    expected = vec.search_index(index, queries, 10, allowed)
+    real_import = builtins.__import__
+
+    def no_numba(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "indexer" and fromlist and "codescan" in fromlist:
+            raise ImportError("No module named 'numba'")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", no_numba)
+    monkeypatch.setattr(vec, "_CODESCAN_MISSING", False)
+    vec._LIST_MAPS.pop(index, None)
+    got = vec.search_index(index, queries, 10, allowed)
+    assert vec._list_map(index, vec.ivf_of(index)).reader is None
+    assert "pip install 'numba" in caplog.text
+    np.testing.assert_allclose(got[0], expected[0], atol=2e-5)
+    assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(got[1], expected[1]))
