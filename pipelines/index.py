@@ -327,7 +327,7 @@ class _ModelReady:
 def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, actors, decode_fn,
            decode_slots, image_size, show_progress, make_actor=None) -> str:
     import ray
-    from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayActorError
+    from ray.exceptions import ActorDiedError, ObjectLostError, OwnerDiedError, RayActorError, WorkerCrashedError
 
     resume = load_resume(store, plan, params)
     jobs = deque(make_video_jobs(plan.to_index, settings, image_size, _CHUNK_FRAMES, resume))
@@ -442,8 +442,12 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                         model_ready.check(block=True)  # a model that never loaded is systemic
                         if not is_live(asm):
                             continue  # a chunk of an abandoned attempt
-                        if isinstance(exc, (ObjectLostError, OwnerDiedError)) and restart(asm, exc):
-                            continue  # its frames went with a node and could not be rebuilt
+                        # Its frames went with a node and could not be rebuilt, or the decode
+                        # worker that was making them died (the chunk then fails with the decode
+                        # task's WorkerCrashedError): not the file's fault either way.
+                        lost = (ObjectLostError, OwnerDiedError, WorkerCrashedError)
+                        if isinstance(exc, lost) and restart(asm, exc):
+                            continue
                         asm.fail(f"embedding failed: {_short(exc)}")
                         continue
                     asm.pending -= 1
