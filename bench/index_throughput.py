@@ -11,7 +11,8 @@ What one run measures, on a fixed list of real clips (copied to a temp dir first
 2. **model-only time**: in this process, the same model loaded with
    ``indexer.model.LoadedModel(resolve_model(M, P), threads=T)`` (T = the threads vidx gives its
    one model actor: all CPUs), timing ``encode_frames`` (open_clip preprocessing + forward
-   pass + L2 norm) on exactly as many random uint8 frames as vidx embedded, at a typical
+   pass + L2 norm), in the precision vidx's image tower runs in (``image_precision``: bf16 on a
+   CPU with native bfloat16, else fp32), on exactly as many random uint8 frames as vidx embedded, at a typical
    decoded size (short side = model input size, 16:9, e.g. 224x398x3), in vidx's batch size
    (32), after one warm-up batch. ``overhead = vidx wall / model-only time``: 1.0 would mean
    decoding, Ray, I/O and start-up cost nothing beyond the model.
@@ -20,7 +21,8 @@ What one run measures, on a fixed list of real clips (copied to a temp dir first
    binary with ``-vf fps=1,scale=S:S -f rawvideo -pix_fmt rgb24 pipe:1``; frames read from
    the pipe, normalised with open_clip's mean/std in torch, ``encode_image`` in batches of
    32 (``torch.set_num_threads(T)``), L2-normalised, added to a ``faiss.IndexFlatIP``
-   (written to disk at the end). Same model, loaded by the same loader. Same wall-time and
+   (written to disk at the end). Same model, loaded by the same loader, in float32 as open_clip
+   loads it (``--naive-precision bf16`` for comparison). Same wall-time and
    memory measurement. ``speedup = vidx throughput / naive throughput`` in video seconds
    per wall second (each pipeline's own sampling: vidx embeds 3 frames per 5 s clip, the
    naive one 1 frame per second; the throughput compares the time to index the videos).
@@ -100,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-only-repeats", type=int, default=1,
                    help="time the model-only pass this many times and keep the fastest (default 1)")
     p.add_argument("--naive-fps", type=float, default=1.0, help="frames per second the naive pipeline embeds")
+    p.add_argument("--naive-precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the naive pipeline's image tower: fp32 (default: as open_clip loads a model, what a "
+                        "user's script gets) or bf16 (vidx's choice on CPUs with native bfloat16)")
     p.add_argument("--rerun-repeats", type=int, default=3, help="no-change re-runs to time (median reported)")
     p.add_argument("--rerun-corpus", action="store_true",
                    help="also index a copy of the whole corpus, then time its no-change re-run (slow)")
@@ -126,6 +131,7 @@ class EffectiveVidx:
     batch_size: int
     model_threads: int
     settings: dict
+    precision: str = "fp32"  # what the image tower runs in (indexer.model.image_precision)
 
 
 def effective_vidx_settings(model: str, pretrained: str, extra: list[str], env: dict) -> EffectiveVidx:
@@ -140,7 +146,10 @@ def effective_vidx_settings(model: str, pretrained: str, extra: list[str], env: 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.embed_workers)
     data = dataclasses.asdict(settings)
     data.pop("db", None)
-    return EffectiveVidx(settings.batch_size, threads, data)
+    from indexer.model import image_precision
+
+    precision = image_precision(settings.precision, "cpu")
+    return EffectiveVidx(settings.batch_size, threads, data, precision)
 
 
 # --------------------------------------------------------------------------- 1 + 4: vidx runs
@@ -179,14 +188,15 @@ def timed_reruns(cmd: list[str], env: dict, args, what: str) -> dict:
 # --------------------------------------------------------------------------- 2: model-only
 
 def model_only_seconds(model: str, pretrained: str, threads: int, batch_size: int, counts: list[int],
-                       frame_size: str, repeats: int = 1) -> dict:
-    """Time LoadedModel.encode_frames on exactly N random frames, for each N in counts (best of repeats)."""
+                       frame_size: str, repeats: int = 1, precision: str = "fp32") -> dict:
+    """Time LoadedModel.encode_frames on exactly N random frames, for each N in counts (best of repeats),
+    in ``precision`` (vidx's own, so that overhead compares like with like)."""
     import numpy as np
 
     from indexer.model import LoadedModel, resolve_model
 
     t0 = time.perf_counter()
-    lm = LoadedModel(resolve_model(model, pretrained), threads=threads)
+    lm = LoadedModel(resolve_model(model, pretrained), threads=threads, precision=precision)
     load_s = time.perf_counter() - t0
     if frame_size:
         h, w = (int(x) for x in frame_size.lower().split("x"))
@@ -207,14 +217,15 @@ def model_only_seconds(model: str, pretrained: str, threads: int, batch_size: in
         times[n] = best if n > 0 else 0.0
         del frames
     return {"load_s": load_s, "frame_hwc": [h, w, 3], "threads": threads, "batch_size": batch_size,
-            "repeats": repeats, "seconds_by_frames": times}
+            "repeats": repeats, "precision": lm.precision, "seconds_by_frames": times}
 
 
 # --------------------------------------------------------------------------- 3: naive pipeline
 
 def naive_pipeline(paths: list[str], model: str, pretrained: str, threads: int, batch_size: int, fps: float,
-                   index_path: str | None) -> dict:
-    """What a user would script: ffmpeg -> raw RGB pipe -> normalise -> encode_image -> FlatIP."""
+                   index_path: str | None, precision: str = "fp32") -> dict:
+    """What a user would script: ffmpeg -> raw RGB pipe -> normalise -> encode_image -> FlatIP, in
+    float32 as open_clip loads a model (``precision`` bf16: the image tower in bfloat16, for comparison)."""
     t_start = time.perf_counter()  # imports included, as they are in vidx's own wall_s
     import faiss
     import imageio_ffmpeg
@@ -225,7 +236,7 @@ def naive_pipeline(paths: list[str], model: str, pretrained: str, threads: int, 
     from indexer.model import LoadedModel, resolve_model
 
     torch.set_num_threads(threads)
-    lm = LoadedModel(resolve_model(model, pretrained), threads=threads)
+    lm = LoadedModel(resolve_model(model, pretrained), threads=threads, precision=precision)
     net, size = lm.model, lm.image_size
     cfg = open_clip.get_model_preprocess_cfg(net)
     mean = torch.tensor(cfg.get("mean") or open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
@@ -251,7 +262,7 @@ def naive_pipeline(paths: list[str], model: str, pretrained: str, threads: int, 
                 batch = np.frombuffer(buf, np.uint8, n * frame_bytes).reshape(n, size, size, 3)
                 t = time.perf_counter()
                 x = torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).float().div_(255)
-                x = (x - mean) / std
+                x = ((x - mean) / std).to(lm.image_dtype)
                 with torch.inference_mode():
                     feats = torch.nn.functional.normalize(net.encode_image(x).float(), dim=-1)
                 index.add(np.ascontiguousarray(feats.numpy(), dtype=np.float32))
@@ -264,13 +275,13 @@ def naive_pipeline(paths: list[str], model: str, pretrained: str, threads: int, 
         files.append({"path": path, "frames": n_file, "ffmpeg_rc": rc, "error": message[-1] if message else ""})
     if index_path:
         faiss.write_index(index, index_path)
-    return {"frames_embedded": int(index.ntotal), "load_s": load_s, "encode_s": encode_s,
+    return {"frames_embedded": int(index.ntotal), "precision": lm.precision, "load_s": load_s, "encode_s": encode_s,
             "internal_wall_s": time.perf_counter() - t_start, "image_size": size, "fps": fps, "files": files}
 
 
 def naive_main(args) -> int:
     result = naive_pipeline(args.files, args.model, args.pretrained, args.threads or (os.cpu_count() or 1),
-                            args.batch_size, args.naive_fps, args.naive_index)
+                            args.batch_size, args.naive_fps, args.naive_index, args.naive_precision)
     with open(args.naive_out, "w") as fh:
         json.dump(result, fh)
     return 0
@@ -329,6 +340,7 @@ def run_benchmark(args) -> int:
                     "--naive-index", str(work / "naive.faiss"), "--model", args.model,
                     "--pretrained", args.pretrained, "--threads", str(threads),
                     "--batch-size", str(eff.batch_size), "--naive-fps", f"{args.naive_fps:g}",
+                    "--naive-precision", args.naive_precision,
                     "--files", *[str(c) for c in copies]]
             log("naive pipeline (ffmpeg pipe + encode_image + IndexFlatIP)")
             n_run = run_measured(ncmd, env=env, cwd=REPO_ROOT, interval_s=args.sample_interval_s,
@@ -348,9 +360,10 @@ def run_benchmark(args) -> int:
 
         # 2. model-only time for exactly the frames each pipeline embedded.
         counts = [v_sum["frames_embedded"]] + ([naive["res"]["frames_embedded"]] if naive else [])
-        log(f"model-only: encode_frames on {counts} random frames, {threads} threads, batch {eff.batch_size}")
+        log(f"model-only: encode_frames on {counts} random frames, {threads} threads, batch {eff.batch_size}, "
+            f"{eff.precision} (vidx's precision)")
         mo = model_only_seconds(args.model, args.pretrained, threads, eff.batch_size, counts, args.frame_size,
-                                args.model_only_repeats)
+                                args.model_only_repeats, eff.precision)
 
         # 4b. the whole corpus: index a copy, then time its no-change re-run.
         corpus = None
@@ -425,7 +438,8 @@ def assemble(args, info, eff, threads, copies, durations, cmd, v_run, v_sum, rer
         "config": {"model": args.model, "pretrained": args.pretrained, "vidx_args": args.vidx_args,
                    "vidx_settings": eff.settings, "threads": threads, "batch_size": eff.batch_size,
                    "model_only_frame_hwc": mo["frame_hwc"], "model_only_load_s": mo["load_s"],
-                   "model_only_repeats": mo["repeats"],
+                   "model_only_repeats": mo["repeats"], "model_only_precision": mo["precision"],
+                   "naive_precision": naive["res"]["precision"] if naive else None,
                    "model_only_seconds_by_frames": {str(k): v for k, v in mo["seconds_by_frames"].items()},
                    "naive_fps": args.naive_fps, "videos_dir": args.videos_dir,
                    "files": [{"name": c.name, "seconds": round(durations[str(c)], 3)} for c in copies],
@@ -448,7 +462,8 @@ def print_report(res: dict) -> None:
     print(f"command: {res['command_line']}")
     print(f"input:   {len(cfg['files'])} files, {cfg['total_video_seconds']:.1f} s of video; model {cfg['model']} "
           f"({cfg['pretrained']}); {cfg['threads']} torch threads, batch {cfg['batch_size']}; model-only frames "
-          f"{'x'.join(map(str, cfg['model_only_frame_hwc']))}")
+          f"{'x'.join(map(str, cfg['model_only_frame_hwc']))}; image tower: vidx and model-only "
+          f"{cfg.get('model_only_precision')}, naive {cfg.get('naive_precision')}")
     print()
 
     def col(d, key, digits=2):

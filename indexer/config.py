@@ -73,6 +73,8 @@ class Settings:
     ray_address: str = ""  # "" starts Ray embedded; "auto" or host:port joins a cluster
     executor: str = "ray"  # "ray", or "local": decode and embed in this process without Ray (one machine)
     device: str = "auto"  # "auto" uses a GPU in the model actor when Ray sees one
+    # image tower precision: "auto" = bf16 on CPUs with native bfloat16 (AVX512-BF16/AMX), else fp32
+    precision: str = "auto"
 
     @property
     def clip_recipe(self) -> str:
@@ -126,6 +128,8 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"sampling must be 'exact' or 'keyframe', got {settings.sampling!r}")
     if settings.shot_frames not in ("reference", "all"):
         raise ConfigError(f"shot_frames must be 'reference' or 'all', got {settings.shot_frames!r}")
+    if settings.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {settings.precision!r}")
     if settings.executor not in ("ray", "local"):
         raise ConfigError(f"executor must be 'ray' or 'local', got {settings.executor!r}")
     if settings.executor == "local" and settings.ray_address:

@@ -95,13 +95,13 @@ class IndexSummary:
 class ModelActor:
     """Holds one loaded model; Ray makes one of these per embed worker."""
 
-    def __init__(self, spec: ModelSpec, device: str, threads: int, batch_size: int):
-        self.model = LoadedModel(spec, device=device, threads=threads)
+    def __init__(self, spec: ModelSpec, device: str, threads: int, batch_size: int, precision: str = "auto"):
+        self.model = LoadedModel(spec, device=device, threads=threads, precision=precision)
         self.batch_size = batch_size
 
     def info(self) -> dict:
         return {"dim": self.model.dim, "image_size": self.model.image_size,
-                "logit_scale": self.model.logit_scale}
+                "logit_scale": self.model.logit_scale, "precision": self.model.precision}
 
     def embed(self, header: ChunkHeader, frames: np.ndarray):
         return embed_chunk(self.model, header, frames, self.batch_size)
@@ -274,7 +274,8 @@ def _index_with_ray(store: IndexStore, plan: WorkPlan, spec: ModelSpec, settings
         actor_cls = ray.remote(ModelActor).options(
             num_cpus=1, num_gpus=(1 if use_gpu else 0), max_restarts=2, max_task_retries=2)
         def make_actor():
-            return actor_cls.remote(spec, "cuda" if use_gpu else "cpu", threads, settings.batch_size)
+            return actor_cls.remote(spec, "cuda" if use_gpu else "cpu", threads, settings.batch_size,
+                                    settings.precision)
 
         actors = [make_actor() for _ in range(n_actors)]
         # Decoding starts now, while the actors load the model; the model's details (and any
@@ -312,6 +313,7 @@ class _ModelReady:
                                    f"({self.spec.pretrained}): {_short(exc)}") from None
         self.store.register_model(self.spec.model_id, self.spec.name, self.spec.pretrained, info["dim"],
                                   info["image_size"], info["logit_scale"])
+        log.info("%s loaded; its image tower runs in %s", self.spec.name, info["precision"])
         if self.faiss_index is None:
             self.faiss_index = vec.new_flat_index(info["dim"])
         if self.bank_ref is not None:

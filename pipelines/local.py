@@ -248,7 +248,7 @@ def run_local(store: IndexStore, plan: WorkPlan, spec: ModelSpec | None, params:
     try:
         # The model loads while the first file decodes (the queue fills meanwhile).
         feed = _DecodeFeed(jobs, settings)
-        model = LoadedModel(spec, device=device, threads=threads)
+        model = LoadedModel(spec, device=device, threads=threads, precision=settings.precision)
         store.register_model(spec.model_id, spec.name, spec.pretrained, model.dim, model.image_size,
                              model.logit_scale)
         if faiss_index is None:

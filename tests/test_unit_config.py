@@ -307,3 +307,12 @@ def test_checkpoint_s_is_seconds_or_zero_for_off(value):
         load_settings(environ={"VIDX_CHECKPOINT_S": value})
     assert load_settings(environ={"VIDX_CHECKPOINT_S": "0"}).checkpoint_s == 0.0
     assert load_settings({"checkpoint_s": 30}, environ={}).checkpoint_s == 30.0
+
+
+def test_precision_is_checked():
+    from indexer.config import ConfigError, load_settings
+
+    assert load_settings({"precision": "bf16"}, config_path=None, environ={}).precision == "bf16"
+    assert load_settings({}, config_path=None, environ={"VIDX_PRECISION": "fp32"}).precision == "fp32"
+    with pytest.raises(ConfigError, match="precision must be"):
+        load_settings({"precision": "fp16"}, config_path=None, environ={})

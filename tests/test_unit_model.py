@@ -533,3 +533,47 @@ def test_fast_text_encoder_matches_the_model_and_old_cache_files_are_replaced(ra
     del meta["format"]  # a file written by an older vidx (traced on the full context)
     Path(path + ".json").write_text(json.dumps(meta))
     assert load_fast_text_encoder(model_id) is None
+
+
+# --- precision of the image tower
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),
+                                             ("fpu avx2 amx_bf16 amx_tile", True),
+                                             ("fpu sse4_2 avx2 fma", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    from indexer.model import native_bf16_cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert native_bf16_cpu(str(info)) is expected
+    assert native_bf16_cpu(str(tmp_path / "missing")) is False  # not Linux: float32
+
+
+def test_auto_precision_picks_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    from indexer import model as model_module
+
+    monkeypatch.setattr(model_module, "native_bf16_cpu", lambda: True)
+    assert model_module.image_precision("auto", "cpu") == "bf16"
+    assert model_module.image_precision("auto", "cuda") == "fp32"
+    assert model_module.image_precision("fp32", "cpu") == "fp32"
+    monkeypatch.setattr(model_module, "native_bf16_cpu", lambda: False)
+    assert model_module.image_precision("auto", "cpu") == "fp32"
+    assert model_module.image_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model_module.image_precision("fp16", "cpu")
+
+
+def test_bf16_image_tower_agrees_with_float32(random_spec, frames):
+    import torch
+
+    full = LoadedModel(random_spec, precision="fp32")
+    half = LoadedModel(random_spec, precision="bf16")
+    assert (full.precision, half.precision) == ("fp32", "bf16")
+    assert next(half.model.visual.parameters()).dtype == torch.bfloat16
+    assert next(half.model.transformer.parameters()).dtype == torch.float32  # text stays float32
+    a, b = full.encode_frames(frames), half.encode_frames(frames)
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert np.sum(a * b, axis=1).min() > 0.999
+    assert not np.array_equal(a, b)  # it did run in bfloat16
+    np.testing.assert_array_equal(full.encode_text(TEXTS), half.encode_text(TEXTS))

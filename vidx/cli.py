@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-workers", type=int, dest="embed_workers")
     p.add_argument("--decode-workers", type=int, dest="decode_workers")
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="image model precision (default auto: bf16 on CPUs with native bfloat16, else fp32)")
     p.add_argument("--decode-timeout-s", type=float, dest="decode_timeout_s",
                    help=f"stop a decode that makes no progress for this long (default {DEFAULTS.decode_timeout_s:g}; "
                         "slow files that keep moving are not stopped)")
