@@ -12,8 +12,9 @@ Preprocessing travels with the weights: the image transform is open_clip's own
 for that model. Every vector stored records ``ModelInfo.model_id``.
 
 Precision: the image tower runs in bfloat16 on CPUs with bfloat16 dot-product instructions
-(AVX512-BF16, AMX), where ViT-B-32 ran 3.7x faster than in float32 with embeddings at cosine
-0.99994 to the float32 ones (``bench/bf16_image_tower.py``); elsewhere, and for text, float32.
+(AVX512-BF16, AMX), where ViT-B-32 embedded frames 3.4x faster than in float32, with
+embeddings at cosine >= 0.99994 to the float32 ones (``bench/bf16_image_tower.py``, random
+weights); elsewhere, and for text, float32.
 The setting ``precision`` (auto, fp32, bf16) overrides the choice.
 """
 

@@ -96,6 +96,9 @@ class ModelActor:
     """Holds one loaded model; Ray makes one of these per embed worker."""
 
     def __init__(self, spec: ModelSpec, device: str, threads: int, batch_size: int, precision: str = "auto"):
+        # As ray_session sets for an embedded cluster (OpenMP reads it when torch loads): on a
+        # joined cluster's nodes too, unless the worker already imported torch or the user set it.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.model = LoadedModel(spec, device=device, threads=threads, precision=precision)
         self.batch_size = batch_size
 

@@ -50,6 +50,11 @@ def ray_session(address: str = "", num_cpus: int | None = None) -> Iterator[dict
     else:
         # A private single-machine cluster on loopback: token auth only adds a warning line.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # The workers inherit this: the model's OpenMP threads sleep instead of spinning while
+        # they wait for frames, and leave the cores to the decoders. With the image tower in
+        # bfloat16 the model waits most of the time; 8 alternating runs of the benchmark files
+        # each way: median 13.35 s against 13.97 s, faster in 7 of 8 pairs (BENCHMARKS.md).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         # Keep the object store modest: frames stream through it and are consumed quickly.
         kwargs["object_store_memory"] = int(os.environ.get("VIDX_OBJECT_STORE_BYTES", 512 * 1024 * 1024))
