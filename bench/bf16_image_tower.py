@@ -31,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import write_json_out  # noqa: E402
+
 
 def _frames(n: int) -> np.ndarray:
     import av
@@ -115,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     res["speedup_bf16"] = round(med["fp32"] / med["bf16"], 3)
     res["speedup_autocast"] = round(med["fp32"] / med["autocast_bf16"], 3)
     print(json.dumps(res, indent=2))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(res, indent=2))
+    write_json_out(args.json_out, res)
     return 0
 
 

@@ -290,6 +290,7 @@ def recall_at_10(found_rows, truth) -> float:
 def write_json_out(path: str | os.PathLike | None, result: Mapping) -> None:
     """Write a benchmark's result dict to ``--json-out`` (nothing when no path was given)."""
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 

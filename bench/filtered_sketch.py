@@ -30,6 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import write_json_out  # noqa: E402
+
 
 def _ms(values) -> dict:
     a = np.asarray(values) * 1e3
@@ -155,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
            "sketch": sketches(index, queries, folders, allowed_of, truth, args.rerank, 10),
            "cpu_count": os.cpu_count(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     print(json.dumps(res, indent=2))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(res, indent=2))
+    write_json_out(args.json_out, res)
     return 0
 
 
