@@ -90,6 +90,7 @@ class Settings:
 
 
 DEFAULTS = Settings()
+PRECISIONS = ("auto", "fp32", "bf16")  # the image tower's (indexer.model.image_precision)
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
 
 
@@ -128,8 +129,8 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(f"sampling must be 'exact' or 'keyframe', got {settings.sampling!r}")
     if settings.shot_frames not in ("reference", "all"):
         raise ConfigError(f"shot_frames must be 'reference' or 'all', got {settings.shot_frames!r}")
-    if settings.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {settings.precision!r}")
+    if settings.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     if settings.executor not in ("ray", "local"):
         raise ConfigError(f"executor must be 'ray' or 'local', got {settings.executor!r}")
     if settings.executor == "local" and settings.ray_address:

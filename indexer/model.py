@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from indexer.config import user_cache_dir
+from indexer.config import PRECISIONS, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,6 @@ _CONFIG_DIR = Path(__file__).with_name("model_configs")
 RANDOM = "random"
 _RANDOM_SEED = 0
 _HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def native_bf16_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -363,8 +361,9 @@ class LoadedModel:
         self.model = model.to(device).eval()
         self.precision = image_precision(precision, device)
         self.image_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        if self.precision == "bf16":
-            self.model.visual.to(torch.bfloat16)  # the text tower stays float32
+        # The image tower is cast on first use: text-only users (search, moderation, scene
+        # tags) never pay for it. The text tower stays float32.
+        self._visual_cast = threading.Lock() if self.precision == "bf16" else None
         # encode_text runs only up to the longest prompt (see trim_tokens)
         self.trim_text = has_causal_clip_text(self.model)
         self.preprocess = preprocess
@@ -401,6 +400,11 @@ class LoadedModel:
         """L2-normalised image embeddings (N, dim) float32."""
         import torch
 
+        if self._visual_cast is not None:
+            with self._visual_cast:
+                if self._visual_cast is not None:  # another thread may have cast it meanwhile
+                    self.model.visual.to(self.image_dtype)
+                    self._visual_cast = None
         out = []
         with torch.inference_mode():
             for i in range(0, len(frames), batch_size):

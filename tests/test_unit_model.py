@@ -570,9 +570,10 @@ def test_bf16_image_tower_agrees_with_float32(random_spec, frames):
     full = LoadedModel(random_spec, precision="fp32")
     half = LoadedModel(random_spec, precision="bf16")
     assert (full.precision, half.precision) == ("fp32", "bf16")
-    assert next(half.model.visual.parameters()).dtype == torch.bfloat16
-    assert next(half.model.transformer.parameters()).dtype == torch.float32  # text stays float32
+    np.testing.assert_array_equal(full.encode_text(TEXTS), half.encode_text(TEXTS))  # before any image
     a, b = full.encode_frames(frames), half.encode_frames(frames)
+    assert next(half.model.visual.parameters()).dtype == torch.bfloat16  # cast on first use
+    assert next(half.model.transformer.parameters()).dtype == torch.float32  # text stays float32
     assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
     assert np.sum(a * b, axis=1).min() > 0.999
     assert not np.array_equal(a, b)  # it did run in bfloat16

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from indexer.config import DEFAULTS, ConfigError, Settings, load_settings
+from indexer.config import DEFAULTS, PRECISIONS, ConfigError, Settings, load_settings
 from indexer.pathtext import display_path
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-workers", type=int, dest="embed_workers")
     p.add_argument("--decode-workers", type=int, dest="decode_workers")
     p.add_argument("--torch-threads", type=int, dest="torch_threads")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+    p.add_argument("--precision", choices=PRECISIONS,
                    help="image model precision (default auto: bf16 on CPUs with native bfloat16, else fp32)")
     p.add_argument("--decode-timeout-s", type=float, dest="decode_timeout_s",
                    help=f"stop a decode that makes no progress for this long (default {DEFAULTS.decode_timeout_s:g}; "
