@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", choices=("ray", "local"), default="ray")
     ap.add_argument("--interval", type=float, default=0.1, help="sampling interval (s)")
     ap.add_argument("--no-model-only", action="store_true", help="skip the model-only CPU measurement")
+    ap.add_argument("--videos", help="index this folder (copied) instead of the benchmark files")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
 
@@ -147,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) or 1
     with tempfile.TemporaryDirectory(prefix="vidx-cpu-") as tmp:
         videos = Path(tmp) / "videos"
-        copy_inputs(BENCH_FILES, SHARED_VIDEOS, videos)
+        if args.videos:
+            shutil.copytree(args.videos, videos)
+        else:
+            copy_inputs(BENCH_FILES, SHARED_VIDEOS, videos)
+        n_files = sum(1 for p in videos.rglob("*") if p.is_file())
         env = clean_vidx_env(tmp)
         cmd = [sys.executable, "-m", "vidx", "index", str(videos), "--db", str(Path(tmp) / "db"),
                "--model", "ViT-B-32", "--pretrained", "random", "--json", "--no-progress",
@@ -167,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     roles = sampler.by_role()
     busy = busy1 - busy0
     res = {"benchmark": "cpu_accounting", "command_line": " ".join([sys.executable] + sys.argv),
-           "machine": info, "executor": args.executor, "cores": cores, "wall_s": wall,
+           "machine": info, "videos": args.videos or "bench files", "files": n_files, "executor": args.executor, "cores": cores, "wall_s": wall,
            "busy_cpu_s": busy, "idle_cpu_s": idle1 - idle0, "available_cpu_s": wall * cores,
            "saturation": busy / (wall * cores), "frames_embedded": frames, "cpu_s_by_role": roles}
     if not args.no_model_only and frames:
         res["model_only_cpu_s"] = model_only_cpu_s(frames)
         res["non_model_cpu_s"] = busy - res["model_only_cpu_s"]
         res["min_wall_s_any_schedule"] = busy / cores
-    print(f"vidx index ({args.executor}) on {len(BENCH_FILES)} files: wall {wall:.2f} s on {cores} cores; "
+    print(f"vidx index ({args.executor}) on {n_files} files: wall {wall:.2f} s on {cores} cores; "
           f"busy {busy:.1f} of {wall * cores:.1f} CPU-s available ({res['saturation']:.0%} saturated)")
     for role, cpu in sorted(roles.items(), key=lambda kv: -kv[1]):
         print(f"  {role:15s} {cpu:6.1f} CPU-s")

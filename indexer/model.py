@@ -398,6 +398,16 @@ class LoadedModel:
 
     def encode_frames(self, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """L2-normalised image embeddings (N, dim) float32."""
+        return self.encode_frame_groups([frames], batch_size)[0]
+
+    def encode_frame_groups(self, groups: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+        """``encode_frames`` of each group, run in shared batches of ``batch_size``.
+
+        Groups may differ in frame size (each video is decoded at its own aspect ratio): each
+        is preprocessed on its own, then their tensors are batched together. Many small groups
+        (short videos: a 2 s file gives 2 frames) cost what one large group costs, not what
+        tiny batches do (ViT-B-32 in bfloat16 on 2 cores: 16.2 ms/frame in batches of 2,
+        12.2 in batches of 32)."""
         import torch
 
         if self._visual_cast is not None:
@@ -405,13 +415,35 @@ class LoadedModel:
                 if self._visual_cast is not None:  # another thread may have cast it meanwhile
                     self.model.visual.to(self.image_dtype)
                     self._visual_cast = None
+        if not groups:
+            return []
+        sizes = [len(g) for g in groups]
         out = []
         with torch.inference_mode():
-            for i in range(0, len(frames), batch_size):
-                x = self.preprocess_frames(frames[i:i + batch_size]).to(self.device, self.image_dtype)
-                feats = self.model.encode_image(x).float()
-                out.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+            # Preprocessed a batch at a time: a float tensor is 4x the uint8 frames.
+            batch: list = []
+            n_batch = 0
+            for group in groups:
+                i = 0
+                while i < len(group):
+                    take = min(batch_size - n_batch, len(group) - i)
+                    batch.append(self.preprocess_frames(group[i:i + take]))
+                    n_batch += take
+                    i += take
+                    if n_batch == batch_size:
+                        out.append(self._encode_batch(batch))
+                        batch, n_batch = [], 0
+            if batch:
+                out.append(self._encode_batch(batch))
+        flat = np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return np.split(flat, np.cumsum(sizes)[:-1])
+
+    def _encode_batch(self, tensors: list):
+        import torch
+
+        x = (tensors[0] if len(tensors) == 1 else torch.cat(tensors)).to(self.device, self.image_dtype)
+        feats = self.model.encode_image(x).float()
+        return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         import torch

@@ -4,7 +4,8 @@
 it probes, plans clips and yields, alternately, a small ``ChunkHeader`` and
 the chunk's frame array, then a final ``DecodeOutcome``. The split lets a
 scheduler read the small header without pulling frames through itself.
-``embed_chunk`` runs where the model is. ``VideoAssembler`` joins the two into
+``embed_chunks`` runs where the model is, on the chunks of one or more videos
+at once (short videos make small chunks). ``VideoAssembler`` joins the two into
 the ``VideoResult`` the store commits. Every failure becomes data here.
 """
 
@@ -185,11 +186,19 @@ def decode_video(job: VideoJob) -> Iterator[ChunkHeader | np.ndarray | DecodeHea
 
 def embed_chunk(model: LoadedModel, header: ChunkHeader, frames: np.ndarray, batch_size: int) -> EmbeddedChunk:
     """Encode a chunk's snippet frames and reduce each clip's snippets to one consensus vector."""
-    snippet_vecs = model.encode_frames(frames, batch_size=batch_size)
-    ends = np.cumsum([len(t) for t in header.times_s])
-    vectors = np.stack([consensus(snippet_vecs[end - len(t):end])
-                        for t, end in zip(header.times_s, ends)]).astype(np.float32)
-    return EmbeddedChunk(header.spans, header.times_s, vectors, len(frames))
+    return embed_chunks(model, [header], [frames], batch_size)[0]
+
+
+def embed_chunks(model: LoadedModel, headers: list[ChunkHeader], frames: list[np.ndarray],
+                 batch_size: int) -> list[EmbeddedChunk]:
+    """``embed_chunk`` of several chunks (of any videos), their frames run in shared batches."""
+    out = []
+    for header, vecs in zip(headers, model.encode_frame_groups(frames, batch_size=batch_size)):
+        ends = np.cumsum([len(t) for t in header.times_s])
+        vectors = np.stack([consensus(vecs[end - len(t):end])
+                            for t, end in zip(header.times_s, ends)]).astype(np.float32)
+        out.append(EmbeddedChunk(header.spans, header.times_s, vectors, len(vecs)))
+    return out
 
 
 @dataclass

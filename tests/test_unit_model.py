@@ -109,6 +109,18 @@ def test_batching_does_not_change_results(random_model, frames):
     np.testing.assert_allclose(whole, pieces, atol=1e-5)
 
 
+def test_frame_groups_of_any_sizes_share_batches_with_the_same_results(random_model):
+    # Short videos give small chunks of their own frame size; the model runs them together.
+    rng = np.random.default_rng(7)
+    groups = [rng.integers(0, 256, size=shape, dtype=np.uint8)
+              for shape in [(3, 48, 64, 3), (5, 40, 80, 3), (1, 48, 48, 3), (0, 48, 64, 3), (6, 64, 40, 3)]]
+    together = random_model.encode_frame_groups(groups, batch_size=4)  # batches cross groups
+    assert [len(v) for v in together] == [3, 5, 1, 0, 6]
+    for group, vectors in zip(groups, together):
+        np.testing.assert_allclose(vectors, random_model.encode_frames(group, batch_size=32), atol=1e-5)
+    assert random_model.encode_frame_groups([], batch_size=4) == []
+
+
 def test_preprocess_shape(random_model, frames):
     x = random_model.preprocess_frames(frames[:2])
     assert tuple(x.shape) == (2, 3, 32, 32)

@@ -14,7 +14,7 @@ from indexer.discover import discover_files, fingerprint_file
 from indexer.model import LoadedModel, resolve_model
 from indexer.types import ClipSpan, VideoStatus
 from indexer.work import (ChunkHeader, DecodeOutcome, EmbeddedChunk, VideoAssembler, VideoJob, decode_video,
-                          embed_chunk)
+                          embed_chunk, embed_chunks)
 
 
 def job_for(path, clip_s=2.0, snippets=3, sampling="exact", timeout_s=60.0, chunk_frames=48) -> VideoJob:
@@ -122,6 +122,42 @@ def test_embed_chunk_and_assemble(rgb, model):
     np.testing.assert_allclose(res.video_vector, m / np.linalg.norm(m), atol=1e-5)
     # red, green and blue clips do not all embed the same
     assert np.abs(res.clips[0].vector - res.clips[2].vector).max() > 1e-4
+
+
+def test_embed_chunks_of_several_videos_equal_one_chunk_at_a_time(rgb, model, tmp_path):
+    # Chunks of different videos (different frame sizes) go to the model together.
+    wide = make_video(tmp_path / "wide.mp4", "testsrc2=size=96x40:rate=10", duration_s=3)
+    chunks = []
+    for path, chunk_frames in ((rgb, 6), (wide, 3)):
+        header = None
+        for item in decode_video(job_for(path, clip_s=1.0, snippets=3, chunk_frames=chunk_frames)):
+            if isinstance(item, ChunkHeader):
+                header = item
+            elif isinstance(item, np.ndarray):
+                chunks.append((header, item))
+    assert len({frames.shape[1:] for _, frames in chunks}) == 2 and len(chunks) >= 4
+    together = embed_chunks(model, [h for h, _ in chunks], [f for _, f in chunks], batch_size=4)
+    assert len(together) == len(chunks)
+    for (header, frames), got in zip(chunks, together):
+        alone = embed_chunk(model, header, frames, batch_size=4)
+        assert (got.spans, got.times_s, got.frames) == (alone.spans, alone.times_s, alone.frames)
+        np.testing.assert_allclose(got.vectors, alone.vectors, atol=1e-5)
+
+
+def test_take_bundle_fills_a_call_up_to_the_frame_limit_in_order():
+    from collections import deque
+
+    from pipelines.index import take_bundle
+
+    def chunk(name: str, clips: int, snippets: int = 2):
+        spans = tuple(ClipSpan(i, float(i), float(i + 1)) for i in range(clips))
+        return (name, ChunkHeader(name, spans, tuple((0.5,) * snippets for _ in spans), None), None)
+
+    pending = deque([chunk("a", 1), chunk("b", 2), chunk("c", 1), chunk("d", 30), chunk("e", 1)])
+    assert [c[0] for c in take_bundle(pending, 8)] == ["a", "b", "c"]  # 2 + 4 + 2 frames
+    assert [c[0] for c in take_bundle(pending, 8)] == ["d"]  # 60 frames: alone, never split
+    assert [c[0] for c in take_bundle(pending, 8)] == ["e"]
+    assert take_bundle(pending, 8) == [] and not pending
 
 
 def test_assembler_sorts_chunks_and_weights_by_duration(rgb):
