@@ -3,7 +3,8 @@
 A frame embeds to (a softened) basis vector of its dominant colour; a text embeds to
 the basis vector of the colour word it contains. Tests can then assert that "red"
 finds the red part of a video. It has the interface of indexer.model.LoadedModel that
-the indexer and the searcher use (encode_frames, encode_text, tokenizer, dim, ...).
+the indexer and the searcher use (encode_frames, encode_frame_groups, encode_text, tokenizer,
+dim, ...).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class ColourEmbedder:
         out[:, :len(NAMES)] = np.exp(-dist / 2000.0)
         out[:, -1] = 0.05
         return self._unit(out)
+
+    def encode_frame_groups(self, groups: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+        return [self.encode_frames(g, batch_size) for g in groups]
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)

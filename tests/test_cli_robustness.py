@@ -77,6 +77,63 @@ def _ray_workers(pid: int) -> list:
     return workers
 
 
+class SlowDecoders:
+    """Lets the decode workers of a run work a fifth of the time (SIGSTOP/SIGCONT cycles).
+
+    A run commits progressively only while decoding is its bottleneck: the model embeds
+    whatever is decoded in full calls, and the decoders run ahead while the model loads. On
+    this corpus (small, fast-decoding files) decoding would finish during the model's load and
+    the whole run would commit in one or two batches. Slowed down like this, about half of the
+    files are left to decode once the model is up, so the run makes several commits that a
+    test can land between, on a slow machine or a fast one.
+    """
+
+    def __init__(self, proc, run_s: float = 0.04, stop_s: float = 0.16) -> None:
+        import threading
+
+        self.proc, self.run_s, self.stop_s = proc, run_s, stop_s
+        self._done = threading.Event()
+        self._seen: dict = {}
+        self._thread = threading.Thread(target=self._cycle, daemon=True)
+        self._thread.start()
+
+    def _decoders(self) -> list:
+        import psutil
+
+        found = []
+        for p in descendants(self.proc.pid):
+            try:
+                if " ".join(p.cmdline()[:1]).startswith("ray::_decode_stream"):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    def _signal(self, procs, sig) -> None:
+        import psutil
+
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    def _cycle(self) -> None:
+        while not self._done.is_set() and self.proc.poll() is None:
+            running = self._decoders()
+            self._seen.update((p.pid, p) for p in running)
+            self._done.wait(self.run_s)
+            self._signal(running, signal.SIGSTOP)
+            self._done.wait(self.stop_s)
+            self._signal(running, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Back to full speed (every worker ever paused is continued)."""
+        self._done.set()
+        self._thread.join(timeout=10)
+        self._signal(self._seen.values(), signal.SIGCONT)
+
+
 def _resume(paused: list) -> None:
     import psutil
 
@@ -127,6 +184,7 @@ def reference(corpus25, tmp_path_factory, module_ray_tmp):
     env = _env(module_ray_tmp)
     t0 = time.monotonic()
     first = popen_vidx(index_args([folder], db, *ARGS), env)
+    slow = SlowDecoders(first)
     paused: list = []
     try:
         # The writer holds writer.lock (naming itself).
@@ -146,6 +204,7 @@ def reference(corpus25, tmp_path_factory, module_ray_tmp):
             status_after = run_vidx(["status", "--db", str(db), "--json"], env, timeout=120)
         mid_run = {"running_after_readers": first.poll() is None}
     finally:
+        slow.stop()
         _resume(paused)
     try:
         out, err = first.communicate(timeout=420)
@@ -237,12 +296,17 @@ def test_writer_refused_cleanly_while_a_reader_has_the_index_open(tmp_path, ray_
 # -- kill -9 ---------------------------------------------------------------------------------------
 
 def _kill_after_commit(proc, db: Path, more_than: int, rng: random.Random) -> tuple[float, list]:
-    """Wait for a FAISS flush holding more than ``more_than`` clips, wait a random moment, SIGKILL the group."""
-    wait_for(lambda: faiss_meta_ntotal(db) > more_than, proc, 300, f"a commit beyond {more_than} clips")
-    delay = rng.uniform(0.0, 0.4)
-    time.sleep(delay)
-    procs = descendants(proc.pid)
-    kill_group(proc, signal.SIGKILL)
+    """Wait for a FAISS flush holding more than ``more_than`` clips, wait a random moment, SIGKILL the group
+    (its decoders slowed, see SlowDecoders)."""
+    slow = SlowDecoders(proc)
+    try:
+        wait_for(lambda: faiss_meta_ntotal(db) > more_than, proc, 300, f"a commit beyond {more_than} clips")
+        delay = rng.uniform(0.0, 0.4)
+        time.sleep(delay)
+        procs = descendants(proc.pid)
+        kill_group(proc, signal.SIGKILL)
+    finally:
+        slow.stop()
     proc.communicate(timeout=60)
     return delay, procs
 
@@ -315,13 +379,16 @@ def test_ctrl_c_keeps_finished_videos_and_rerun_completes(corpus25, reference, t
     env = _env(ray_tmp, VIDX_FAISS_FLUSH_S="0")
     args = index_args([folder], db, *ARGS)
     proc = popen_vidx(args, env)
+    slow = SlowDecoders(proc)
     try:
         total = reference["result"].json["clips_added"]
         wait_for(lambda: faiss_meta_ntotal(db) > total // 3, proc, 300, "a third of the clips committed")
         procs = descendants(proc.pid)
+        slow.stop()  # a stopped process would hold its SIGINT until continued
         kill_group(proc, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
         out, err = proc.communicate(timeout=120)
     finally:
+        slow.stop()
         kill_group(proc)
     assert proc.returncode == 130, f"rc={proc.returncode}\n{err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
