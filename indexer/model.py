@@ -406,8 +406,8 @@ class LoadedModel:
         Groups may differ in frame size (each video is decoded at its own aspect ratio): each
         is preprocessed on its own, then their tensors are batched together. Many small groups
         (short videos: a 2 s file gives 2 frames) cost what one large group costs, not what
-        tiny batches do (ViT-B-32 in bfloat16 on 2 cores: 16.2 ms/frame in batches of 2,
-        12.2 in batches of 32)."""
+        tiny batches do (ViT-B-32 in bfloat16 on 2 cores: 16.1 ms/frame in batches of 2,
+        13.5 in batches of 32; bench/model_batch_sizes.py)."""
         import torch
 
         if self._visual_cast is not None:

@@ -48,8 +48,8 @@ _CHUNK_FRAMES = 48  # frames per decode chunk: a few model batches, ~7 MB at 224
 # Model calls in flight per actor: one running and one queued behind it, so the actor never
 # waits for the driver. Chunks that come while both are taken wait in the driver and go
 # together as the next call, up to _CHUNK_FRAMES frames: a short file makes one small chunk
-# (a 2 s file: 2 frames), and ViT-B-32 costs 16.2 ms a frame in batches of 2 against 12.2 in
-# batches of 32 (bfloat16, 2 cores).
+# (a 2 s file: 2 frames), and ViT-B-32 costs 16.1 ms a frame in batches of 2 against 13.5 in
+# batches of 32 (bfloat16, 2 cores; bench/model_batch_sizes.py).
 _ACTOR_CALLS = 2
 # Frames waiting in the driver, in full chunks, before decode streams are held back. While the
 # actors still load the model (seconds) decoding runs further ahead instead of stalling
