@@ -62,15 +62,16 @@ def _per_video(db: Path) -> dict[str, dict]:
     return out
 
 
-def _ray_workers(pid: int) -> list:
-    """The Ray worker processes (decode tasks, the model actor) under the driver ``pid``; the GCS
-    and raylet are left out, so pausing these does not upset Ray's own health checks."""
+def _ray_workers(pid: int, title: str = "ray::") -> list:
+    """The Ray worker processes (decode tasks, the model actor) under the driver ``pid`` whose
+    process title starts with ``title``; the GCS and raylet are left out, so pausing these does
+    not upset Ray's own health checks."""
     import psutil
 
     workers = []
     for proc in descendants(pid):
         try:
-            if " ".join(proc.cmdline()[:1]).startswith("ray::"):
+            if " ".join(proc.cmdline()[:1]).startswith(title):
                 workers.append(proc)
         except psutil.Error:
             pass
@@ -97,18 +98,6 @@ class SlowDecoders:
         self._thread = threading.Thread(target=self._cycle, daemon=True)
         self._thread.start()
 
-    def _decoders(self) -> list:
-        import psutil
-
-        found = []
-        for p in descendants(self.proc.pid):
-            try:
-                if " ".join(p.cmdline()[:1]).startswith("ray::_decode_stream"):
-                    found.append(p)
-            except psutil.Error:
-                pass
-        return found
-
     def _signal(self, procs, sig) -> None:
         import psutil
 
@@ -120,7 +109,7 @@ class SlowDecoders:
 
     def _cycle(self) -> None:
         while not self._done.is_set() and self.proc.poll() is None:
-            running = self._decoders()
+            running = _ray_workers(self.proc.pid, "ray::_decode_stream")
             self._seen.update((p.pid, p) for p in running)
             self._done.wait(self.run_s)
             self._signal(running, signal.SIGSTOP)
