@@ -4,7 +4,9 @@ Each repeat runs in a fresh child process (as a ``vidx`` run does): ``ray_sessio
 entered (timed: Ray's start), one trivial task runs, and the session is left (timed: the
 shutdown). ``--ray-shutdown`` leaves it with plain ``ray.shutdown()`` instead, i.e. without
 vidx killing the autoscaler monitor first, which is how every run stopped before the tenth
-session. Also reported per repeat: how long Ray's shutdown spent on each of its processes.
+session. ``--ray-connect-retry-ms 1000`` gives Ray's own retry delay for local socket connects,
+i.e. how every embedded start ran before the eleventh session (a user's setting wins over vidx's
+50 ms). Also reported per repeat: how long Ray's shutdown spent on each of its processes.
 
 Run:   .venv/bin/python bench/ray_start_stop.py [--repeats 6] [--json-out FILE]
 """
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--ray-shutdown", action="store_true", help="plain ray.shutdown() (before the tenth session)")
+    ap.add_argument("--ray-connect-retry-ms", type=int,
+                    help="set RAY_raylet_client_connect_timeout_milliseconds (1000: Ray's default, as before "
+                         "the eleventh session; unset: vidx's choice)")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     info = machine_info()
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vxr", dir="/tmp") as tmp:
         env = clean_vidx_env(tmp)
         env["RAY_TMPDIR"] = tmp
+        if args.ray_connect_retry_ms is not None:
+            env["RAY_raylet_client_connect_timeout_milliseconds"] = str(args.ray_connect_retry_ms)
         for _ in range(args.repeats):
             done = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True, text=True,
                                   timeout=300, cwd=Path(__file__).resolve().parents[1])
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     starts = [r["start_s"] for r in runs]
     stops = [r["stop_s"] for r in runs]
     res = {"benchmark": "ray_start_stop", "command_line": " ".join([sys.executable] + sys.argv),
-           "machine": info, "mode": mode, "runs": runs,
+           "machine": info, "mode": mode, "ray_connect_retry_ms": args.ray_connect_retry_ms, "runs": runs,
            "start_s_median": statistics.median(starts), "stop_s_median": statistics.median(stops)}
     print(f"{mode}: start {', '.join(f'{s:.2f}' for s in starts)} s (median {res['start_s_median']:.2f}); "
           f"stop {', '.join(f'{s:.2f}' for s in stops)} s (median {res['stop_s_median']:.2f})")
