@@ -590,3 +590,38 @@ def test_bf16_image_tower_agrees_with_float32(random_spec, frames):
     assert np.sum(a * b, axis=1).min() > 0.999
     assert not np.array_equal(a, b)  # it did run in bfloat16
     np.testing.assert_array_equal(full.encode_text(TEXTS), half.encode_text(TEXTS))
+
+
+def test_hub_style_folder_with_a_weights_name_open_clip_does_not_read(seed0_file, ckpt_dir):
+    # open_clip's local-dir loader looks for *.safetensors / *.bin / *.pth only: a lone *.pt
+    # beside the config would have been skipped, leaving a silently random model.
+    folder = ckpt_dir / "hub_pt"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": json.loads((_CONFIG_DIR / "vidx-tiny.json").read_text())}))
+    shutil.copyfile(seed0_file, folder / "model.pt")
+    with pytest.raises(ModelUnavailable, match="no weights file"):
+        resolve_model(TINY_MODEL, str(folder))
+
+
+def test_random_fills_are_skipped_only_while_building_from_a_checkpoint():
+    import torch
+
+    from indexer.model import _random_init_skipped
+
+    def build() -> tuple[torch.nn.Module, bool]:
+        before = torch.random.get_rng_state()
+        module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64),
+                                     torch.nn.MultiheadAttention(64, 4))
+        return module, not torch.equal(before, torch.random.get_rng_state())
+
+    with _random_init_skipped(torch):
+        skipped, drew = build()
+    assert not drew  # no random number was drawn for the weights ...
+    assert torch.equal(skipped[1].weight, torch.ones(64))  # ... but constants were set
+    assert torch.equal(skipped[2].in_proj_bias, torch.zeros(3 * 64))
+    _, drew = build()
+    assert drew  # outside the block, modules initialise as usual
+    with _random_init_skipped(torch, skip=False):
+        _, drew = build()
+    assert drew
