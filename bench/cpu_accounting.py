@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.1, help="sampling interval (s)")
     ap.add_argument("--no-model-only", action="store_true", help="skip the model-only CPU measurement")
     ap.add_argument("--videos", help="index this folder (copied) instead of the benchmark files")
+    ap.add_argument("--vidx-args", default="", metavar="ARGS", help="extra arguments for vidx index, e.g. "
+                    "\"--no-shots --sampling keyframe\"")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
 
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         env = clean_vidx_env(tmp)
         cmd = [sys.executable, "-m", "vidx", "index", str(videos), "--db", str(Path(tmp) / "db"),
                "--model", "ViT-B-32", "--pretrained", "random", "--json", "--no-progress",
-               "--executor", args.executor]
+               "--executor", args.executor, *args.vidx_args.split()]
         busy0, idle0 = _busy_cpu_s()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
