@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     roles = sampler.by_role()
     busy = busy1 - busy0
     res = {"benchmark": "cpu_accounting", "command_line": " ".join([sys.executable] + sys.argv),
-           "machine": info, "videos": args.videos or "bench files", "files": n_files, "executor": args.executor, "cores": cores, "wall_s": wall,
+           "machine": info, "videos": args.videos or "bench files", "files": n_files, "executor": args.executor,
+           "vidx_args": args.vidx_args, "cores": cores, "wall_s": wall,
            "busy_cpu_s": busy, "idle_cpu_s": idle1 - idle0, "available_cpu_s": wall * cores,
            "saturation": busy / (wall * cores), "frames_embedded": frames, "cpu_s_by_role": roles}
     if not args.no_model_only and frames:

@@ -84,9 +84,9 @@ def _retry_local_connects_quickly() -> None:
 
     The raylet starts its object store in a thread and connects to it at once; when it loses
     that race it sleeps ``raylet_client_connect_timeout_milliseconds`` (1 s) before the next
-    try. On the development VM 4 of 10 embedded starts took 3.0 s instead of 2.0 s, all of it
-    that sleep (raylet.out: object manager up 1.0 s after the store); with 50 ms, 10 of 10 took
-    2.0 s (BENCHMARKS.md). The number of attempts grows to keep Ray's total patience (10 s).
+    try. On the development VM 6 of 20 embedded starts took 3.0 s instead of 2.0 s, all of it
+    that sleep (raylet.out: object manager up 1.0 s after the store); with 50 ms, none of 20
+    did (mean start 2.29 -> 2.02 s; BENCHMARKS.md). The number of attempts grows to keep Ray's total patience (10 s).
     The daemons and workers inherit these variables; a user's own setting of either wins.
     """
     timeout_key = "RAY_raylet_client_connect_timeout_milliseconds"
