@@ -378,6 +378,7 @@ class LoadedModel:
         # open_clip logs "No pretrained weights loaded" on the root logger for random models;
         # our own warning (warn_if_random) is the one users should see.
         logging.disable(logging.WARNING)
+        local_dir = os.path.isdir(spec.weights)  # a hub-style folder: config + checkpoint
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -388,7 +389,6 @@ class LoadedModel:
                     # Every weight is loaded from the checkpoint (strict, and required: open_clip
                     # raises otherwise), so the random values open_clip draws while it builds the
                     # model are never used: skip drawing them (ViT-B-32: 0.75 CPU-s of ~1.1).
-                    local_dir = os.path.isdir(spec.weights)
                     try:
                         with _random_init_skipped(torch, skip=local_dir or _strict_checkpoint(spec.weights)):
                             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -400,7 +400,7 @@ class LoadedModel:
                         raise ModelUnavailable(
                             f"cannot load {spec.weights} as {spec.name} weights: {str(exc).splitlines()[0]}\n"
                             + hint) from None
-                tokenizer_name = f"local-dir:{spec.weights}" if os.path.isdir(spec.weights) else spec.name
+                tokenizer_name = f"local-dir:{spec.weights}" if local_dir else spec.name
                 self.tokenizer = open_clip.get_tokenizer(tokenizer_name)
         finally:
             logging.disable(logging.NOTSET)

@@ -483,12 +483,11 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                         # that was making them died (the call then fails with the decode task's
                         # WorkerCrashedError): not the files' fault either way.
                         lost = (ObjectLostError, OwnerDiedError, WorkerCrashedError)
-                        seen: list[VideoAssembler] = []
                         for asm, _, _ in bundle:
                             asm.pending -= 1
-                            if not is_live(asm) or any(a is asm for a in seen):
-                                continue  # a chunk of an abandoned attempt, or a file dealt with
-                            seen.append(asm)
+                        for asm in _distinct_videos(bundle):
+                            if not is_live(asm):
+                                continue  # a chunk of an abandoned attempt
                             if isinstance(exc, lost) and restart(asm, exc):
                                 continue
                             asm.fail(f"embedding failed: {_short(exc)}")
@@ -496,7 +495,7 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
                     for (asm, _, _), chunk in zip(bundle, chunks):
                         asm.pending -= 1
                         asm.chunks.append(chunk)
-                    for asm in {id(a): a for a, _, _ in bundle}.values():
+                    for asm in _distinct_videos(bundle):
                         if is_live(asm):
                             save_due_partial(store, asm, params, settings)
                     continue
@@ -643,6 +642,11 @@ def _raise_interrupt(signum, frame):
 
 def _frames_of(header: ChunkHeader) -> int:
     return sum(len(times) for times in header.times_s)
+
+
+def _distinct_videos(bundle: list) -> list[VideoAssembler]:
+    """The videos of a model call's (video, header, frames) items, each once, in order."""
+    return list({id(asm): asm for asm, _, _ in bundle}.values())
 
 
 def take_bundle(pending: deque, max_frames: int) -> list:
