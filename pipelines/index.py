@@ -421,15 +421,16 @@ def _drive(store, plan, params, settings, summary, model_ready: _ModelReady, act
 
     def _commit(force_flush: bool) -> None:
         nonlocal last_commit, last_flush, done
-        if not model_ready.check(block=bool(done)):
-            return  # nothing embedded yet, so nothing to commit
-        faiss_index = model_ready.faiss_index
+        # Only results with clips need the model (registered, its tag bank). Failed and skipped
+        # files are committed without waiting for it: while the driver waits it reads no decode
+        # stream, and a Ctrl-C during the model's load would wait for the load to finish.
+        ready = model_ready.check(block=any(r.clips for r in done))
         if done:
-            commit_batch(store, done, params, summary, faiss_index, model_ready.bank)
+            commit_batch(store, done, params, summary, model_ready.faiss_index, model_ready.bank)
             done = []
         last_commit = time.monotonic()
-        if force_flush or time.monotonic() - last_flush > settings.faiss_flush_s:
-            faiss_index = model_ready.faiss_index = flush_faiss(store, faiss_index, settings)
+        if ready and (force_flush or time.monotonic() - last_flush > settings.faiss_flush_s):
+            model_ready.faiss_index = flush_faiss(store, model_ready.faiss_index, settings)
             last_flush = time.monotonic()
         store.release_connection()  # searches and 'vidx status' may read the index until the next batch
 

@@ -361,6 +361,57 @@ def test_kill_9_twice_then_resume(corpus25, reference, tmp_path, ray_tmp):
 
 # -- Ctrl-C ----------------------------------------------------------------------------------------
 
+def _failed_rows(db: Path) -> list[tuple]:
+    """(path, error) of failed videos, read between the writer's batches ([] while it writes)."""
+    import duckdb
+
+    try:
+        return query(db, "SELECT path, error FROM videos WHERE status = 'failed'")
+    except (duckdb.Error, OSError):
+        return []
+
+
+def test_a_failed_file_is_committed_while_the_model_still_loads(tmp_path, ray_tmp):
+    # Results without clips need no model. The driver used to wait for the model before any
+    # commit: meanwhile it read no decode stream, and a Ctrl-C during the model's load waited
+    # for the load to finish. Here the model actor is stopped while it loads, so it never
+    # finishes; the zero-byte file must be committed all the same.
+    folder = make_varied_videos(tmp_path / "videos", 1, SOURCES, "320x180", 3, "v")
+    (folder / "empty.mp4").write_bytes(b"")
+    db = tmp_path / "index"
+    proc = popen_vidx(index_args([folder], db, *ARGS), _env(ray_tmp))
+    held: list = []
+    try:
+        held = wait_for(lambda: _ray_workers(proc.pid, "ray::ModelActor"), proc, 120, "the model actor")
+        for actor in held:
+            actor.suspend()
+        rows = wait_for(lambda: _failed_rows(db), proc, 60, "the failed file committed")
+        assert [(os.path.basename(p), e) for p, e in rows] == [("empty.mp4", rows[0][1])]
+        assert "empty file" in rows[0][1]
+        assert query(db, "SELECT count(*) FROM models")[0][0] == 0  # committed before the model loaded
+        for actor in held:
+            actor.resume()
+        kill_group(proc, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for actor in held:
+            try:
+                actor.resume()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        kill_group(proc)
+    assert proc.returncode == 130, f"rc={proc.returncode}\n{err[-3000:]}"
+    assert Result(proc.returncode, out, err, 0).json["status"] == "interrupted"
+    assert [os.path.basename(p) for p, _ in _failed_rows(db)] == ["empty.mp4"]
+    assert_index_consistent(db, check_faiss=False)  # no vector yet: no FAISS file was due
+
+    again = run_vidx(index_args([folder], db, *ARGS), _env(ray_tmp))
+    assert again.rc == 0, again.describe()
+    s = again.json
+    assert (s["indexed"], s["failed"], s["status"]) == (1, 0, "ok"), s  # the failure is remembered, not retried
+    assert_index_consistent(db)
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_videos_and_rerun_completes(corpus25, reference, tmp_path, ray_tmp):
     folder = _copy(corpus25, tmp_path / "videos")
